@@ -1,0 +1,51 @@
+"""The `pear-bench` command line: a thin dispatcher over subcommand modules.
+
+Each subcommand lives in the module that owns its idea and exposes two functions:
+
+    configure_parser(parser: argparse.ArgumentParser) -> None
+    main(args: argparse.Namespace) -> int | None
+
+Modules are imported only when their subcommand runs, so `pear-bench --help` stays fast
+and a subcommand's heavy imports (vLLM, lm-eval) never slow down the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Add a subcommand by adding one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("pear_bench.bench", "benchmarks that print figures and ratios (step, grade, ...)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pear-bench",
+        description="Does an SFT method prepare a model for RL? Tools for the PEAR grid.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Find the subcommand name without parsing the rest, then let only its module add its options.
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name in COMMANDS:
+        module = importlib.import_module(COMMANDS[name][0])
+        sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        module.configure_parser(sub_action.choices[name])
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
