@@ -7,6 +7,11 @@ projection in tiles with an online logsumexp, Triton on GPU and torch tiles on C
 in backward) through ``trl.trainer.utils.add_fused_lm_head``, which also handles PEFT, FSDP-sharded
 heads, logit soft-capping and logit scales. Memory grows with tokens, not with the vocabulary.
 
+The vocabulary tile width matters on CPU: TRL's torch fallback (no Triton) builds about six
+float32 temporaries of tile size, so its default 32768-wide tile costs more than plain logits
+(tiny shape, 32k vocabulary, 2 x 512 tokens: 1.18 GiB vs 0.54 GiB for ``model(labels=...)``), while
+a 4096-wide tile needs 0.31 GiB. On CUDA the Triton kernel works in place and TRL's width is kept.
+
 Simpler equivalent (what the tests check it against, to 1e-5 in float32, value and gradient)::
 
     logits = model(input_ids, attention_mask=attention_mask).logits / temperature
@@ -15,6 +20,7 @@ Simpler equivalent (what the tests check it against, to 1e-5 in float32, value a
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -23,6 +29,8 @@ import torch.nn.functional as F
 # add_fused_lm_head binds (temperature, outputs) when it patches `forward`; we remember which.
 _PATCH_KEY = "_pear_bench_fused_head"
 _ORIGINAL_FORWARD = "_pear_bench_original_forward"
+# Vocabulary entries per tile where TRL falls back to torch ops (see the module docstring).
+CPU_CHUNK_SIZE = 4096
 
 
 class TokenLogprobs(NamedTuple):
@@ -57,6 +65,25 @@ def _ensure_fused_head(model: torch.nn.Module, temperature: float, outputs: tupl
     setattr(lm, _PATCH_KEY, key)
 
 
+@contextlib.contextmanager
+def _vocab_chunk_size(chunk_size: int | None):
+    """Set the tile width TRL's fused head reads at call time (a module constant), then restore it.
+
+    Only the forward reads it: the backward reuses the width saved in the autograd context.
+    """
+    import trl.trainer.utils as trl_utils
+
+    if chunk_size is None:
+        yield
+        return
+    saved = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = chunk_size
+    try:
+        yield
+    finally:
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = saved
+
+
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -64,6 +91,7 @@ def token_logprobs(
     score_mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    chunk_size: int | None = None,
 ) -> TokenLogprobs:
     """``logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]`` for scored positions.
 
@@ -80,6 +108,8 @@ def token_logprobs(
         temperature: logits are divided by it: the logprobs of the distribution sampled at this
             temperature.
         with_entropy: also return the entropy of each next-token distribution (same alignment).
+        chunk_size: vocabulary entries per tile; None picks ``CPU_CHUNK_SIZE`` on CPU and TRL's
+            default elsewhere.
 
     Returns:
         ``TokenLogprobs(logprobs, entropy)``, float32 ``[B, T]``, 0 where not scored.
@@ -98,8 +128,11 @@ def token_logprobs(
 
     outputs = ("log_probs", "entropy") if with_entropy else ("log_probs",)
     _ensure_fused_head(model, temperature, outputs)
+    if chunk_size is None and input_ids.device.type == "cpu":
+        chunk_size = CPU_CHUNK_SIZE
     labels = input_ids.masked_fill(~score_mask, -100)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    with _vocab_chunk_size(chunk_size):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
     # The fused head returns [B, T-1] aligned with labels[:, 1:]; put it back on input_ids' grid.
     logprobs = F.pad(out.log_probs.float(), (1, 0))
     entropy = F.pad(out.entropy.float(), (1, 0)) if with_entropy else None

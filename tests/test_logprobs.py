@@ -59,16 +59,33 @@ def test_values_and_gradients_match_naive_path(padding, temperature):
         torch.testing.assert_close(got_grads[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_multiple_vocab_and_token_tiles_match_naive_path():
-    # TRL tiles 4096 tokens x 32768 vocabulary entries: cross both boundaries.
+@pytest.mark.parametrize("chunk_size", [None, 32_768])
+def test_multiple_vocab_and_token_tiles_match_naive_path(chunk_size):
+    # TRL tiles 4096 tokens x chunk_size vocabulary entries (4096 on CPU by default): cross both.
+    import trl.trainer.utils as trl_utils
+
+    trl_default = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
     vocab = 33_000
     model = make_model(vocab, hidden_size=64, intermediate_size=64, num_attention_heads=1, head_dim=64)
     ids, attn = make_batch(2, 2060, vocab, "right")
     with torch.no_grad():
-        got = token_logprobs(model, ids, attn).logprobs
+        got = token_logprobs(model, ids, attn, chunk_size=chunk_size).logprobs
         want = naive_logprobs(model, ids, attn).masked_fill(~attn.bool(), 0.0)
     want[:, 0] = 0.0
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == trl_default  # restored after the call
+
+
+def test_narrow_tiles_give_same_gradients():
+    model = make_model(97)
+    ids, attn = make_batch(3, 16, 97, "left")
+    grads = []
+    for chunk_size in (10, 4096):  # 10 tiles vs 1 tile over the vocabulary
+        model.zero_grad()
+        token_logprobs(model, ids, attn, chunk_size=chunk_size).logprobs.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_entropy_matches_full_distribution():

@@ -1,0 +1,15 @@
+# Benchmarks of the training step, recorded with the grid's results.
+
+
+rule bench_step:
+    output:
+        table="results/{grid}/bench/step.txt",
+        json="results/{grid}/bench/step.json",
+    log:
+        "logs/bench_step/{grid}.log",
+    params:
+        args=lambda wc: config["bench"]["step_args"],
+    threads: workflow.cores
+    shell:
+        "pear-bench bench step {params.args} --json {output.json}.tmp > {output.table}.tmp 2> {log}"
+        " && mv {output.json}.tmp {output.json} && mv {output.table}.tmp {output.table}"
