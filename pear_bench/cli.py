@@ -18,6 +18,11 @@ import sys
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("pear_bench.bench", "benchmarks that print figures and ratios (step, grade, ...)"),
+    "sft": ("pear_bench.trainers.sft", "weighted SFT (sft, dft, pear-*, iw-sft, ...) on data with behaviour logprobs"),
+    "rl": ("pear_bench.trainers.grpo", "GRPO (TRL) from a checkpoint, rewarded by the project grader"),
+    "make-data": ("pear_bench.problems", "write problem files: reasoning-game splits, AIME-2025, math prompts"),
+    "collect": ("pear_bench.collect", "sample a behaviour model on problems, grade, keep correct: SFT data with logprobs"),
+    "score": ("pear_bench.score", "fill behavior_logprobs of an SFT dataset with one forward pass of the behaviour model"),
 }
 
 

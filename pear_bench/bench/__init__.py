@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "step": ("pear_bench.bench.step", "SFT step time and peak memory: plain HF vs PEAR at each level"),
     "grade": ("pear_bench.bench.grading", "grader throughput on AIME-style responses"),
     "score": ("pear_bench.bench.scoring", "behaviour scoring throughput vs a bare forward pass"),
+    "sft-methods": ("pear_bench.bench.sft_methods", "SFT step time of each method relative to plain sft"),
 }
 
 
