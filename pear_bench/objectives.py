@@ -188,6 +188,15 @@ def pear_log_weights(
     return sequence_log_weights(delta, mask)
 
 
+def _clipped_exp(log_w: torch.Tensor, mask: torch.Tensor, log_weight_clip: tuple[float, float] | None) -> torch.Tensor:
+    """``exp(clip(log_w, *log_weight_clip))``, saturating below float32 overflow, 0 off the mask (float64)."""
+    if log_weight_clip is not None:
+        if not log_weight_clip[0] <= log_weight_clip[1]:
+            raise ValueError(f"log_weight_clip must be (min, max) with min <= max, or None; got {log_weight_clip}")
+        log_w = log_w.clamp(*log_weight_clip)
+    return log_w.clamp(max=_LOG_FLOAT32_MAX).exp().masked_fill(~mask, 0.0)
+
+
 def pear_weights(
     policy_logprobs: torch.Tensor,
     behavior_logprobs: torch.Tensor,
@@ -219,14 +228,9 @@ def pear_weights(
         ValueError: unknown level, gamma outside (0, 1], block_size < 1, an inverted clip, shapes
             that differ, or NaN / +inf logprobs on a response token.
     """
-    if log_weight_clip is not None and not log_weight_clip[0] <= log_weight_clip[1]:
-        raise ValueError(f"log_weight_clip must be (min, max) with min <= max, or None; got {log_weight_clip}")
-
     mask = mask.bool()
     log_w = pear_log_weights(policy_logprobs, behavior_logprobs, mask, level, gamma, block_size, delta_clip)
-    if log_weight_clip is not None:
-        log_w = log_w.clamp(*log_weight_clip)
-    weights = log_w.clamp(max=_LOG_FLOAT32_MAX).exp().masked_fill(~mask, 0.0)
+    weights = _clipped_exp(log_w, mask, log_weight_clip)
     if self_normalize:
         mean = weights.sum() / mask.sum().clamp(min=1)
         weights = weights / mean.clamp(min=torch.finfo(torch.float64).tiny)
@@ -257,9 +261,7 @@ def weight_diagnostics(
     n = mask.sum().clamp(min=1).double()
     raw = clipped_log_ratios(policy_logprobs, behavior_logprobs, mask, delta_clip=None)
     log_w = pear_log_weights(policy_logprobs, behavior_logprobs, mask, level, gamma, block_size, delta_clip)
-    weights = pear_weights(
-        policy_logprobs, behavior_logprobs, mask, level, gamma, block_size, delta_clip, log_weight_clip
-    ).double()
+    weights = _clipped_exp(log_w, mask, log_weight_clip)  # as pear_weights, without recomputing log_w
 
     def fraction(x: torch.Tensor) -> float:
         return float((x & mask).sum() / n)
