@@ -1,16 +1,28 @@
 # pear-bench: the PEAR grid as a Snakemake workflow.
-#   snakemake --cores all                                          # the CPU miniature (workflows/config/mini.yaml)
-#   snakemake --cores all --configfile workflows/config/<grid>.yaml
+#   snakemake --cores all                                               # the CPU miniature (workflows/config/mini.yaml)
+#   snakemake --cores all --configfile workflows/config/paper.yaml      # the paper's grid on a GPU node
+#   snakemake --profile workflows/profiles/slurm --configfile workflows/config/paper.yaml
+#   snakemake --report results/mini/report.html                         # after a run: tables and plots in one page
 # This file is a table of contents: rules live in workflows/rules/, input functions in common.smk.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflows/config/mini.yaml"
+# The default grid, only when no --configfile is given (Snakemake would otherwise merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/workflows/config/mini.yaml"
 
 
 include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
+include: "workflows/rules/models.smk"
+include: "workflows/rules/collect.smk"
+include: "workflows/rules/sft.smk"
+include: "workflows/rules/rl.smk"
+include: "workflows/rules/eval.smk"
+include: "workflows/rules/tables.smk"
 include: "workflows/rules/bench.smk"
 
 

@@ -211,7 +211,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         "chunks": len(chunks), "resumed_chunks": len(resumed), "wall_seconds": time.perf_counter() - wall_start,
         "versions": package_versions(),
     }
-    summary_path(output).write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json_atomic(summary_path(output), summary)  # last: a workflow takes the summary as the done marker
     shutil.rmtree(parts)
     return summary
 

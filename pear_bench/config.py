@@ -62,6 +62,9 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
+RESUME_MODES = ("auto", "auto-restart", "never")
+
+
 class ConfigError(ValueError):
     """A setting that is unknown, of the wrong type, or out of range; the message names the key."""
 
@@ -122,8 +125,10 @@ class TrainingSettings:
     logging_steps: int = _field(10, "log loss and diagnostics every N optimizer steps", check=_AT_LEAST_ONE)
     save_steps: int = _field(500, "save a checkpoint every N optimizer steps", check=_AT_LEAST_ONE)
     save_total_limit: int | None = _field(None, "keep only the newest N checkpoints (null: all)", check=_AT_LEAST_ONE)
-    resume: str = _field("auto", "'auto': continue from the newest checkpoint in output_dir if there is one; "
-                                 "'never': start over; or a checkpoint directory")
+    resume: str = _field("auto", "'auto': continue from the newest checkpoint in output_dir if there is one "
+                                 "(refused if it was written with other settings); 'auto-restart': the same, "
+                                 "but such checkpoints are moved to output_dir/stale-<time>/ and training starts "
+                                 "over; 'never': start over; or a checkpoint directory")
     report_to: str = _field("none", "transformers' logging integrations ('none', 'tensorboard', 'wandb', ...)")
 
     def trainer_kwargs(self) -> dict[str, Any]:
@@ -160,8 +165,8 @@ class TrainingSettings:
         if self.warmup_steps > 0 and self.lr_scheduler_type == "constant":
             raise ConfigError(f"{self.stage}.warmup_steps: lr_scheduler_type 'constant' ignores warmup; "
                               f"use 'constant_with_warmup' (got warmup_steps={self.warmup_steps})")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            raise ConfigError(f"{self.stage}.resume must be 'auto', 'never' or a checkpoint directory; "
+        if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
+            raise ConfigError(f"{self.stage}.resume must be 'auto', 'auto-restart', 'never' or a checkpoint directory; "
                               f"got {self.resume!r}")
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ConfigError(f"{self.stage}.lora_target_modules must be 'all-linear' or a non-empty list")
@@ -379,12 +384,18 @@ def _conform(key: str, value: Any, annotation) -> Any:
     raise ConfigError(f"{key}: expected {expected}; got {value!r} ({type(value).__name__})")
 
 
-def build_config(stage: str, values: Mapping[str, Any]) -> TrainingSettings:
-    """The validated config of ``stage`` from a mapping of keys to values (unknown keys are errors).
+def check_settings(stage: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each key known to ``stage`` and each value of the right type, allowed and in range.
+
+    Only per-key checks: no required keys, no cross-field or file checks, so a workflow can check
+    the settings of runs whose models and datasets do not exist yet.
+
+    Returns:
+        The values as the declared types (ints for floats, numeric strings read as floats).
 
     Raises:
-        ConfigError: an unknown stage or key, a value of the wrong type, not among the allowed values
-            or out of range, a missing required key, or a missing dataset / model path.
+        ConfigError: an unknown stage or key, a value of the wrong type, not among the allowed
+            values or out of range.
     """
     if stage not in CONFIG_CLASSES:
         raise ConfigError(f"unknown stage {stage!r}; allowed: {list(CONFIG_CLASSES)}")
@@ -408,7 +419,18 @@ def build_config(stage: str, values: Mapping[str, Any]) -> TrainingSettings:
         if check is not None and value is not None and not check[0](value):
             raise ConfigError(f"{name} {check[1]}; got {value!r}")
         conformed[key] = value
-    config = cls(**conformed)
+    return conformed
+
+
+def build_config(stage: str, values: Mapping[str, Any]) -> TrainingSettings:
+    """The validated config of ``stage`` from a mapping of keys to values (unknown keys are errors).
+
+    Raises:
+        ConfigError: see ``check_settings``; also a missing required key, a failed cross-field check,
+            or a missing dataset / model path.
+    """
+    settings = check_settings(stage, values)
+    config = CONFIG_CLASSES[stage](**settings)
     config._validate()
     return config
 

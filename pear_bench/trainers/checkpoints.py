@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,19 @@ def load_model(config: TrainingSettings):
 def resume_checkpoint(config: TrainingSettings) -> str | None:
     """The checkpoint to resume from, per ``config.resume``; None to start from ``config.model``.
 
+    With ``resume: auto-restart``, checkpoints written with other settings are moved (never deleted)
+    to ``output_dir/stale-<UTC time>/`` and training starts over: this is what a workflow wants when
+    it reruns a job because its settings changed.
+
     Raises:
         ConfigError: the checkpoint's recorded config differs from ``config`` in a key outside
-            ``RESUME_MAY_CHANGE`` (the message lists the keys and both values).
+            ``RESUME_MAY_CHANGE`` (the message lists the keys and both values), unless auto-restart.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
     if config.resume == "never":
         return None
-    if config.resume == "auto":
+    if config.resume in ("auto", "auto-restart"):
         output_dir = Path(config.output_dir)
         checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     else:
@@ -62,9 +67,25 @@ def resume_checkpoint(config: TrainingSettings) -> str | None:
         changed = [k for k in current if k not in RESUME_MAY_CHANGE and recorded.get(k) != current[k]]
         if changed:
             diffs = ", ".join(f"{k}: {recorded.get(k)!r} -> {current[k]!r}" for k in changed)
+            if config.resume == "auto-restart":
+                stale = _move_checkpoints_aside(Path(config.output_dir))
+                print(f"{config.stage}: checkpoints in {config.output_dir} were written with other settings "
+                      f"({diffs}); moved them to {stale}, starting over")
+                return None
             raise ConfigError(f"{config.stage}.resume: {checkpoint} was written with other settings ({diffs}); "
-                              f"use another output_dir, or resume: never to start over")
+                              f"use another output_dir, resume: auto-restart to set them aside, "
+                              f"or resume: never to start over")
+    print(f"{config.stage}: resuming from {checkpoint}")
     return checkpoint
+
+
+def _move_checkpoints_aside(output_dir: Path) -> Path:
+    """Move ``output_dir/checkpoint-*`` into a new ``output_dir/stale-<UTC time>/``; returns that directory."""
+    stale = output_dir / time.strftime("stale-%Y%m%dT%H%M%SZ", time.gmtime())
+    stale.mkdir()
+    for checkpoint in sorted(output_dir.glob("checkpoint-*")):
+        checkpoint.rename(stale / checkpoint.name)
+    return stale
 
 
 def _as_json(config: TrainingSettings) -> dict[str, Any]:
@@ -85,7 +106,7 @@ class RunRecordCallback(TrainerCallback):
 
 
 def save_final_model(trainer, tokenizer, config: TrainingSettings, record: dict[str, Any]) -> Path:
-    """Save the trained model (LoRA merged), tokenizer and run record to ``config.output_dir``."""
+    """Save the trained model (LoRA merged), tokenizer, run record and trainer state to ``config.output_dir``."""
     output_dir = Path(config.output_dir)
     final_record = {**record, "global_step": trainer.state.global_step}
     if not config.use_lora:
@@ -100,6 +121,7 @@ def save_final_model(trainer, tokenizer, config: TrainingSettings, record: dict[
             merged = AutoPeftModelForCausalLM.from_pretrained(
                 output_dir / "adapter", dtype=getattr(torch, config.dtype)).merge_and_unload()
             merged.save_pretrained(output_dir)
+    trainer.save_state()  # trainer_state.json (log_history: loss, nll, entropy, diagnostics) for the plots
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         write_run_record(final_record, output_dir)

@@ -1,33 +1,93 @@
-"""The Snakemake workflow: every grid config validates and its DAG builds (dry run, no jobs run)."""
+"""The Snakemake workflow's DAG: every grid config validates and builds, the paper grid has every job
+of its grid with its GPU request under the SLURM profile, and bad configs fail before any job runs."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "workflows" / "config").glob("*.yaml"))
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def dry_run(*args, cwd=ROOT):
+    return subprocess.run([*SNAKEMAKE, "--dry-run", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1].split("\n\n")[0]
+    return {name: int(n) for name, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def expected_counts(grid: dict) -> dict[str, int]:
+    """Jobs of a grid counted from its config alone."""
+    students, tasks, arms, seeds = grid["students"], grid["tasks"], grid["methods"], grid["rl_seeds"]
+    bases = sum(len(set(students) | ({spec["teacher"]} if grid["evaluation"].get("teachers") else set()))
+                for spec in tasks.values())
+    bootstrapped = [m for m, spec in grid["models"].items() if isinstance(spec, dict)]
+    counts = {
+        "make_data": len(grid["data"]),
+        "collect": len(tasks),
+        "sft": len(students) * len(tasks) * len(arms),
+        "rl": len(students) * len(tasks) * len(arms) * len(seeds),
+        "evaluate": bases + len(students) * len(tasks) * len(arms) * (1 + len(seeds)),
+        "tables": 1,
+        "all": 1,
+    }
+    if bootstrapped:
+        counts.update(bootstrap_tokenizer=1, bootstrap_model=len(bootstrapped))
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_dry_run_builds_the_dag(config, tmp_path):
-    out = subprocess.run(
-        [*SNAKEMAKE, "--dry-run", "--cores", "1", "--configfile", str(config), "--directory", str(ROOT),
-         "--snakefile", str(ROOT / "Snakefile")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
+def test_dry_run_has_every_job_of_the_grid(config, tmp_path):
+    out = dry_run("--cores", "1", "--configfile", str(config), "--directory", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "bench_step" in out.stdout  # the DAG reaches its jobs
+    assert job_counts(out.stdout) == expected_counts(yaml.safe_load(config.read_text()))
 
 
-def test_config_violating_the_schema_is_rejected(tmp_path):
+def test_paper_grid_under_slurm_profile_requests_gpus(tmp_path):
+    config = ROOT / "workflows/config/paper.yaml"
+    grid = yaml.safe_load(config.read_text())
+    out = dry_run("--profile", str(ROOT / "workflows/profiles/slurm"), "--configfile", str(config),
+                  "--directory", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert job_counts(out.stdout) == expected_counts(grid)
+    # Each job block names its rule, then its resources; GPU rules ask for the config's GPUs.
+    for block in out.stdout.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        if rule in ("all",):
+            continue
+        gpus = grid["resources"].get(rule, grid["resources"]["default"])["gpu"]
+        assert re.search(rf"\bgpu={gpus}\b", block), (rule, block[:800])
+
+
+def test_default_config_is_the_mini_grid_and_not_merged_into_others(tmp_path):
+    default = dry_run("--cores", "1", "--directory", str(tmp_path))
+    assert default.returncode == 0, default.stdout + default.stderr
+    assert job_counts(default.stdout) == expected_counts(yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text()))
+    paper = dry_run("--cores", "1", "--configfile", str(ROOT / "workflows/config/paper.yaml"), "--directory", str(tmp_path))
+    assert "bootstrap" not in paper.stdout  # mini.yaml's bootstrapped models do not leak into the paper grid
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g.update(modles=[]), "modles"),                                      # schema: unknown key
+    (lambda g: g["sft"].update(gama=0.9), "did you mean 'gamma'"),                  # pear_bench.config
+    (lambda g: g["methods"]["pear-token"].update(gamma=1.5), "sft.gamma must be in (0, 1]"),
+    (lambda g: g["tasks"]["chain_sum"].update(teacher="techer"), "techer"),          # cross-reference
+    (lambda g: g["evaluation"].update(ks=[1, 16]), "pass@16 needs at least 16 samples"),
+    (lambda g: g["rl"].update(seed=3), "rl.seed is set by the workflow"),
+])
+def test_bad_config_is_rejected_before_any_job(edit, message, tmp_path):
+    grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
+    edit(grid)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("grid: mini\nbench: {step_args: '--steps 1'}\nmodles: []\n")  # a typo'd key
-    out = subprocess.run(
-        [*SNAKEMAKE, "--dry-run", "--cores", "1", "--configfile", str(bad), "--snakefile", str(ROOT / "Snakefile")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
+    bad.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path))
     assert out.returncode != 0
-    assert "modles" in out.stdout + out.stderr
+    assert message in out.stdout + out.stderr

@@ -1,4 +1,9 @@
-# Benchmarks of the training step, recorded with the grid's results.
+# Benchmarks of the training step (`snakemake --cores all bench`), recorded with the grid's results.
+
+
+rule bench:
+    input:
+        f"{RESULTS}/bench/step.txt",
 
 
 rule bench_step:
@@ -6,7 +11,7 @@ rule bench_step:
         table="results/{grid}/bench/step.txt",
         json="results/{grid}/bench/step.json",
     log:
-        "logs/bench_step/{grid}.log",
+        "logs/{grid}/bench_step.log",
     params:
         args=lambda wc: config["bench"]["step_args"],
     threads: workflow.cores

@@ -1,16 +1,214 @@
-# Config validation and every input function of the workflow (path logic only).
+# Config validation and every input function of the workflow (path logic only; rules live in the other files).
+#
+# Where things go, for a grid G (wildcards in braces):
+#   results/G/data/{dataset}/                          make-data output (train.jsonl, eval.jsonl, manifest.json)
+#   results/G/models/tokenizer/, models/{model}/       bootstrapped tokenizer and models (CPU miniature)
+#   results/G/sft_data/{task}.parquet (+ .summary.json) the teacher's SFT records with behaviour logprobs
+#   results/G/sft/{model}/{task}/{arm}/                SFT checkpoints and final model (run_config.json last)
+#   results/G/rl/{model}/{task}/{arm}/seed{seed}/      GRPO checkpoints and final model
+#   results/G/eval/{task}/{model}/{checkpoint}/        samples.jsonl, metrics.json; checkpoint is
+#                                                      base | sft/{arm} | rl/{arm}/seed{seed}
+#   results/G/metrics.csv, tables/, plots/             the grid's results
+#   logs/G/..., benchmarks/G/...                       one log and one timing file per job
+import json
+import os
+import shlex
+
 from snakemake.utils import validate
+
+from pear_bench.config import ConfigError, check_settings
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 GRID = config["grid"]
+RESULTS = f"results/{GRID}"
+
+
+def _check_grid():
+    """Cross-references the schema cannot express, and the sft:/rl: settings (pear_bench.config)."""
+    models, tasks = config["models"], config["tasks"]
+    for name in config["students"]:
+        if name not in models:
+            raise ValueError(f"students: {name!r} is not under models: ({', '.join(models)})")
+    for task, spec in tasks.items():
+        if spec["teacher"] not in models:
+            raise ValueError(f"tasks.{task}.teacher: {spec['teacher']!r} is not under models: ({', '.join(models)})")
+        for split in ("train", "eval"):
+            dataset = spec[split].split("/")[0]
+            if dataset not in config["data"]:
+                raise ValueError(f"tasks.{task}.{split}: dataset {dataset!r} is not under data: "
+                                 f"({', '.join(config['data'])})")
+    if any("bootstrap" in _as_mapping(spec) for spec in models.values()) and "bootstrap" not in config:
+        raise ValueError("models: a model is bootstrapped, so the grid needs a bootstrap: section")
+    try:
+        check_settings("sft", config["sft"])
+        check_settings("rl", config["rl"])
+        for arm, overrides in config["methods"].items():
+            check_settings("sft", {**config["sft"], **overrides})
+    except ConfigError as exc:
+        raise ValueError(f"grid {GRID!r}: {exc}") from None
+    for stage, keys in (("sft", ("model", "dataset", "output_dir", "seed")), ("rl", ("model", "prompts", "output_dir", "seed"))):
+        for key in keys:
+            if key in config[stage]:
+                raise ValueError(f"{stage}.{key} is set by the workflow for each job; remove it from the config")
+    for k in config["evaluation"]["ks"]:
+        if k > config["evaluation"]["samples"]:
+            raise ValueError(f"evaluation.ks: pass@{k} needs at least {k} samples; samples is "
+                             f"{config['evaluation']['samples']}")
+
+
+def _as_mapping(value):
+    return value if isinstance(value, dict) else {}
+
+
+_check_grid()
+
+ARMS = list(config["methods"])
 
 
 wildcard_constraints:
     grid=r"[A-Za-z0-9_-]+",
+    dataset=r"[A-Za-z0-9_.-]+",
+    model=r"[A-Za-z0-9_.-]+",
+    task=r"[A-Za-z0-9_.-]+",
+    arm=r"[A-Za-z0-9_.-]+",
+    seed=r"\d+",
+    checkpoint=r"base|sft/[A-Za-z0-9_.-]+|rl/[A-Za-z0-9_.-]+/seed\d+",
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources: per rule from the config's resources: section, `default` for the rest.
+
+
+def rule_resources(rule_name):
+    return {"gpu": 0, "threads": 1, "mem_mb": 2000, "runtime": 60,
+            **config["resources"]["default"], **config["resources"].get(rule_name, {})}
+
+
+RESOURCES = {name: rule_resources(name) for name in
+             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "sft", "rl", "evaluate", "tables")}
+
+
+def launcher(rule_name):
+    """How a rule's jobs start `pear-bench`: with the rule's thread count for torch/BLAS, on GPU ids pinned
+    by `pear-bench gpu-run` (Snakemake counts GPUs but does not say which ones a local job gets), and
+    for training on several GPUs under `accelerate launch` with FSDP."""
+    res = RESOURCES[rule_name]
+    prefix = f"OMP_NUM_THREADS={res['threads']} pear-bench gpu-run --gpus {res['gpu']} --"
+    if rule_name in ("sft", "rl") and res["gpu"] > 1:
+        return (f"{prefix} accelerate launch --config_file workflows/accelerate/fsdp.yaml"
+                f" --num_processes {res['gpu']} -m pear_bench")
+    return f"{prefix} pear-bench"
+
+
+LAUNCH = {name: launcher(name) for name in RESOURCES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+
+
+def is_bootstrapped(model):
+    return "bootstrap" in _as_mapping(config["models"][model])
+
+
+def model_path(model):
+    """What a command is given for a model: the bootstrapped directory, or the hub id / local path."""
+    return f"{RESULTS}/models/{model}" if is_bootstrapped(model) else config["models"][model]
+
+
+def model_input(model):
+    """The files a job using ``model`` waits for: a bootstrapped model's directory, else nothing."""
+    return [f"{RESULTS}/models/{model}"] if is_bootstrapped(model) else []
+
+
+def data_file(split_path):
+    """``<dataset>/<split>.jsonl`` from the config -> its path under results/<grid>/data/."""
+    return f"{RESULTS}/data/{split_path}"
+
+
+def data_input(split_path):
+    """The make-data directory that holds ``<dataset>/<split>.jsonl``."""
+    return f"{RESULTS}/data/{split_path.split('/')[0]}"
+
+
+def bootstrap_inputs():
+    return [f"{RESULTS}/data/{dataset}" for dataset in config.get("bootstrap", {}).get("data", [])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: SFT arms, GRPO seeds, evaluated checkpoints
+
+
+def sft_dir(model, task, arm):
+    return f"{RESULTS}/sft/{model}/{task}/{arm}"
+
+
+def rl_dir(model, task, arm, seed):
+    return f"{RESULTS}/rl/{model}/{task}/{arm}/seed{seed}"
+
+
+def cli_flags(settings):
+    """``--key value`` for each setting; values as JSON, which pear_bench.config reads as YAML scalars."""
+    return " ".join(f"--{key} {shlex.quote(json.dumps(value))}" for key, value in settings.items())
+
+
+def sft_settings(wc):
+    """The complete settings of one SFT run: the shared sft: section, the arm's changes, and the job's paths."""
+    return {**config["sft"], **config["methods"][wc.arm],
+            "model": model_path(wc.model), "dataset": f"{RESULTS}/sft_data/{wc.task}.parquet",
+            "output_dir": sft_dir(wc.model, wc.task, wc.arm), "seed": config["sft_seed"], "resume": "auto-restart"}
+
+
+def rl_settings(wc):
+    """The complete settings of one GRPO run: the rl: section (the same for every arm), start and seed."""
+    return {**config["rl"], "model": sft_dir(wc.model, wc.task, wc.arm),
+            "prompts": data_file(config["tasks"][wc.task]["train"]),
+            "output_dir": rl_dir(wc.model, wc.task, wc.arm, wc.seed), "seed": int(wc.seed), "resume": "auto-restart"}
+
+
+def checkpoint_of(wc):
+    """(model directory or hub id, the file that marks it finished or None, labels) of an evaluated checkpoint."""
+    if wc.checkpoint == "base":
+        return model_path(wc.model), (model_input(wc.model) or [None])[0], {"method": "base", "stage": "base"}
+    stage, arm, *seed = wc.checkpoint.split("/")
+    if stage == "sft":
+        directory = sft_dir(wc.model, wc.task, arm)
+        return directory, f"{directory}/run_config.json", {"method": arm, "stage": "sft"}
+    directory = rl_dir(wc.model, wc.task, arm, seed[0].removeprefix("seed"))
+    return directory, f"{directory}/run_config.json", {"method": arm, "stage": "rl", "seed": seed[0].removeprefix("seed")}
+
+
+def eval_labels(wc):
+    labels = {"model": wc.model, "task": wc.task, **checkpoint_of(wc)[2]}
+    return " ".join(f"--label {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
+
+
+def evaluated_checkpoints():
+    """Every (task, model, checkpoint) the grid evaluates: bases, every SFT arm, every GRPO seed."""
+    runs = []
+    for task, spec in config["tasks"].items():
+        models = list(config["students"])
+        if config["evaluation"].get("teachers", False) and spec["teacher"] not in models:
+            models.append(spec["teacher"])
+        runs += [(task, m, "base") for m in models]
+        for model in config["students"]:
+            runs += [(task, model, f"sft/{arm}") for arm in ARMS]
+            runs += [(task, model, f"rl/{arm}/seed{s}") for arm in ARMS for s in config["rl_seeds"]]
+    return runs
+
+
+def all_metrics():
+    return [f"{RESULTS}/eval/{task}/{model}/{ckpt}/metrics.json" for task, model, ckpt in evaluated_checkpoints()]
+
+
+def all_sft_runs():
+    """``label=directory`` for every SFT run, for the weight-diagnostics plots."""
+    return [f"{model}/{task}/{arm}={sft_dir(model, task, arm)}"
+            for task in config["tasks"] for model in config["students"] for arm in ARMS]
 
 
 def final_outputs():
     """Everything `rule all` asks for in this grid."""
-    return [f"results/{GRID}/bench/step.txt"]
+    return [f"{RESULTS}/metrics.csv", f"{RESULTS}/tables/main.md"]

@@ -1,0 +1,23 @@
+# GRPO: the same rl: recipe from every SFT checkpoint, once per RL seed (pear-bench rl).
+# Done marker, resume and reruns as in sft.smk.
+
+
+rule rl:
+    input:
+        "results/{grid}/sft/{model}/{task}/{arm}/run_config.json",
+        lambda wc: data_input(config["tasks"][wc.task]["train"]),
+    output:
+        "results/{grid}/rl/{model}/{task}/{arm}/seed{seed}/run_config.json",
+    log:
+        "logs/{grid}/rl/{model}/{task}/{arm}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{grid}/rl/{model}/{task}/{arm}/seed{seed}.tsv"
+    params:
+        settings=lambda wc: cli_flags(rl_settings(wc)),
+    threads: RESOURCES["rl"]["threads"]
+    resources:
+        gpu=RESOURCES["rl"]["gpu"],
+        mem_mb=RESOURCES["rl"]["mem_mb"],
+        runtime=RESOURCES["rl"]["runtime"],
+    shell:
+        "{LAUNCH[rl]} rl {params.settings} > {log} 2>&1"

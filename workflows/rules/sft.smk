@@ -1,0 +1,26 @@
+# SFT: each student x task x arm (method), on the task's teacher data (pear-bench sft).
+# The job's settings are its params, so changing one arm's settings reruns that arm and what follows
+# from it only. The trainer writes run_config.json last, after the model: the job's done marker.
+# Checkpoints stay in the run directory, so a killed job resumes from its newest checkpoint; if the
+# settings changed in between, resume: auto-restart sets the old checkpoints aside and starts over.
+
+
+rule sft:
+    input:
+        "results/{grid}/sft_data/{task}.summary.json",
+        lambda wc: model_input(wc.model),
+    output:
+        "results/{grid}/sft/{model}/{task}/{arm}/run_config.json",
+    log:
+        "logs/{grid}/sft/{model}/{task}/{arm}.log",
+    benchmark:
+        "benchmarks/{grid}/sft/{model}/{task}/{arm}.tsv"
+    params:
+        settings=lambda wc: cli_flags(sft_settings(wc)),
+    threads: RESOURCES["sft"]["threads"]
+    resources:
+        gpu=RESOURCES["sft"]["gpu"],
+        mem_mb=RESOURCES["sft"]["mem_mb"],
+        runtime=RESOURCES["sft"]["runtime"],
+    shell:
+        "{LAUNCH[sft]} sft {params.settings} > {log} 2>&1"

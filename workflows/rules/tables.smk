@@ -1,0 +1,23 @@
+# The grid's results: metrics.csv (long format), tables in the paper's layout, plots (pear-bench tables).
+
+
+rule tables:
+    input:
+        metrics=all_metrics(),
+        sft_runs=[f"{run.split('=', 1)[1]}/run_config.json" for run in all_sft_runs()],
+    output:
+        csv="results/{grid}/metrics.csv",
+        main=report("results/{grid}/tables/main.md", category="Tables"),
+    log:
+        "logs/{grid}/tables.log",
+    params:
+        sft_runs=" ".join(all_sft_runs()),
+        methods=" ".join(ARMS),
+    threads: RESOURCES["tables"]["threads"]
+    resources:
+        gpu=RESOURCES["tables"]["gpu"],
+        mem_mb=RESOURCES["tables"]["mem_mb"],
+        runtime=RESOURCES["tables"]["runtime"],
+    shell:
+        "{LAUNCH[tables]} tables --metrics {input.metrics} --sft-runs {params.sft_runs}"
+        " --method-order {params.methods} --out results/{wildcards.grid} > {log} 2>&1"
