@@ -15,6 +15,9 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/workflows/config/mini.yaml"
 
 
+report: "workflows/report/workflow.rst"
+
+
 include: "workflows/rules/common.smk"
 include: "workflows/rules/data.smk"
 include: "workflows/rules/models.smk"

@@ -16,5 +16,5 @@ rule bench_step:
         args=lambda wc: config["bench"]["step_args"],
     threads: workflow.cores
     shell:
-        "pear-bench bench step {params.args} --json {output.json}.tmp > {output.table}.tmp 2> {log}"
+        "{PEAR_BENCH} bench step {params.args} --json {output.json}.tmp > {output.table}.tmp 2> {log}"
         " && mv {output.json}.tmp {output.json} && mv {output.table}.tmp {output.table}"

@@ -13,6 +13,7 @@
 import json
 import os
 import shlex
+import sys
 
 from snakemake.utils import validate
 
@@ -86,6 +87,8 @@ def rule_resources(rule_name):
             **config["resources"]["default"], **config["resources"].get(rule_name, {})}
 
 
+# The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
+PEAR_BENCH = f"{shlex.quote(sys.executable)} -m pear_bench"
 RESOURCES = {name: rule_resources(name) for name in
              ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "sft", "rl", "evaluate", "tables")}
 
@@ -95,11 +98,12 @@ def launcher(rule_name):
     by `pear-bench gpu-run` (Snakemake counts GPUs but does not say which ones a local job gets), and
     for training on several GPUs under `accelerate launch` with FSDP."""
     res = RESOURCES[rule_name]
-    prefix = f"OMP_NUM_THREADS={res['threads']} pear-bench gpu-run --gpus {res['gpu']} --"
+    prefix = f"OMP_NUM_THREADS={res['threads']} {PEAR_BENCH} gpu-run --gpus {res['gpu']} --"
     if rule_name in ("sft", "rl") and res["gpu"] > 1:
-        return (f"{prefix} accelerate launch --config_file workflows/accelerate/fsdp.yaml"
-                f" --num_processes {res['gpu']} -m pear_bench")
-    return f"{prefix} pear-bench"
+        return (f"{prefix} {shlex.quote(sys.executable)} -m accelerate.commands.launch"
+                f" --config_file {workflow.basedir}/workflows/accelerate/fsdp.yaml --num_processes {res['gpu']}"
+                f" -m pear_bench")
+    return f"{prefix} {PEAR_BENCH}"
 
 
 LAUNCH = {name: launcher(name) for name in RESOURCES}

@@ -7,7 +7,14 @@ rule tables:
         sft_runs=[f"{run.split('=', 1)[1]}/run_config.json" for run in all_sft_runs()],
     output:
         csv="results/{grid}/metrics.csv",
-        main=report("results/{grid}/tables/main.md", category="Tables"),
+        ci="results/{grid}/metrics_ci.csv",
+        main=report("results/{grid}/tables/main.md", caption="../report/tables.rst", category="Tables"),
+        main_tex="results/{grid}/tables/main.tex",
+        per_task=expand("results/{{grid}}/tables/{task}.{ext}", task=list(config["tasks"]), ext=["md", "tex"]),
+        sft_vs_rl=report(expand("results/{{grid}}/plots/sft_vs_rl_{task}.png", task=list(config["tasks"])),
+                         caption="../report/sft_vs_rl.rst", category="Plots"),
+        weights=report("results/{grid}/plots/weights_diagnostics.png", caption="../report/weights.rst",
+                       category="Plots"),
     log:
         "logs/{grid}/tables.log",
     params:
