@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-data": ("pear_bench.problems", "write problem files: reasoning-game splits, AIME-2025, math prompts"),
     "collect": ("pear_bench.collect", "sample a behaviour model on problems, grade, keep correct: SFT data with logprobs"),
     "score": ("pear_bench.score", "fill behavior_logprobs of an SFT dataset with one forward pass of the behaviour model"),
+    "eval": ("pear_bench.evaluate", "k samples per problem from a checkpoint, graded: pass@k and avg@k with CIs"),
+    "tables": ("pear_bench.tables", "metrics.json files -> metrics.csv, paper-layout tables (md, tex) and plots"),
+    "gpu-run": ("pear_bench.gpus", "run a command on N GPUs of this node that no other job holds (CUDA_VISIBLE_DEVICES)"),
+    "bootstrap": ("pear_bench.miniature", "build the CPU miniature's base models: shared tokenizer, teacher, student"),
 }
 
 
