@@ -20,6 +20,7 @@ rule tables:
     params:
         sft_runs=" ".join(all_sft_runs()),
         methods=" ".join(ARMS),
+        show=" ".join(f"pass@{k}" for k in config["evaluation"]["ks"]),
     threads: RESOURCES["tables"]["threads"]
     resources:
         gpu=RESOURCES["tables"]["gpu"],
@@ -27,4 +28,4 @@ rule tables:
         runtime=RESOURCES["tables"]["runtime"],
     shell:
         "{LAUNCH[tables]} tables --metrics {input.metrics} --sft-runs {params.sft_runs}"
-        " --method-order {params.methods} --out results/{wildcards.grid} > {log} 2>&1"
+        " --method-order {params.methods} --show {params.show} --out results/{wildcards.grid} > {log} 2>&1"
