@@ -247,10 +247,6 @@ def main(args: argparse.Namespace) -> int:
                               top_p=args.top_p, top_k=args.top_k)
     problems = [record for path in args.problems for record in read_problems(path)][:args.limit]
     options = backend_options(args)
-    if args.backend == "hf":
-        options["batch_size"] = args.batch_size
-    else:
-        options["seed"] = args.seed
     backend = load_backend(args.backend, args.model, **options)
     # What else changes the samples: numerics (dtype, device, sharding) and, for HF, which
     # sequences share a generate call's random stream (batch size).

@@ -362,10 +362,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"pear-bench eval: {exc}", file=sys.stderr)
         return 2
     options = backend_options(args)
-    if args.backend == "hf":
-        options["batch_size"] = args.batch_size
-    else:
-        options["seed"] = args.seed
     backend = load_backend(args.backend, args.model, **options)
     settings = {k: options[k] for k in ("dtype", "batch_size", "tensor_parallel_size", "max_model_len") if k in options}
     if args.backend == "hf":

@@ -345,25 +345,6 @@ def make_tokenizer(problem_files: Sequence[str | Path], out: str | Path, *, voca
     return out
 
 
-def init_model(tokenizer, shape: str = "tiny", seed: int = 0, **overrides):
-    """A random-init Qwen2 of ``shape`` (``tiny_models.SHAPES``) sized to ``tokenizer``'s vocabulary."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from pear_bench.tiny_models import tiny_config
-
-    config = tiny_config(len(tokenizer), shape, **overrides)
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    config.bos_token_id = None
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = None
-    return model
-
-
 def make_model(
     tokenizer_dir: str | Path,
     style: str,
@@ -412,6 +393,7 @@ def make_model(
     from pear_bench.config import build_config, package_versions
     from pear_bench.data import save_records
     from pear_bench.problems import read_problems
+    from pear_bench.tiny_models import init_model
 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}; got {style!r}")
@@ -509,19 +491,6 @@ def _train(config) -> list[dict]:
 # `pear-bench bootstrap`
 
 
-def _shape_overrides(items: Sequence[str]) -> dict[str, Any]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Build the CPU miniature's base models: a shared tokenizer, then a step-by-step "
                           "teacher and a terse student pretrained from scratch on chain_sum.")
@@ -571,6 +540,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from pear_bench.problems import parse_overrides
+
     if args.what == "tokenizer":
         out = make_tokenizer(args.problems, args.out, vocab_size=args.vocab_size, seed=args.seed,
                              overwrite=args.overwrite)
@@ -581,7 +552,7 @@ def _main(args: argparse.Namespace) -> int:
                      steps=args.steps, seed=args.seed, batch_size=args.batch_size, learning_rate=args.lr,
                      lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup, weight_decay=args.weight_decay,
                      noise=args.noise, teacher_mix=args.teacher_mix, shape=args.shape,
-                     shape_overrides=_shape_overrides(args.shape_set),
+                     shape_overrides=parse_overrides(args.shape_set),
                      threads=args.threads, logging_steps=args.logging_steps, overwrite=args.overwrite)
     record = json.loads((out / BOOTSTRAP_RECORD).read_text())
     print(f"pear-bench bootstrap: {args.style} ({record['parameters']:,} parameters), {record['steps']} steps, "

@@ -336,7 +336,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as a dict; VALUE is read as JSON, else kept as text."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -363,7 +364,7 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     splits: dict[str, list[dict[str, str]]]
     if args.source_kind == "game":
-        overrides = _parse_overrides(args.config)
+        overrides = parse_overrides(args.config)
         splits = game_splits(args.game, seed=args.seed, eval_size=args.eval_size, train_size=args.train_size,
                              config=overrides)
         manifest: dict[str, Any] = {

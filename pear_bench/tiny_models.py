@@ -94,7 +94,16 @@ def build_tiny_model(
     """
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = tiny_config(len(tokenizer), shape, **config_overrides)
+    model = init_model(tokenizer, shape, seed, **config_overrides)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def init_model(tokenizer, shape: str = "tiny", seed: int = 0, **overrides):
+    """A random-init Qwen2 of ``shape`` (``SHAPES``) sized to ``tokenizer``'s vocabulary, with its
+    eos/pad ids (no bos, as Qwen2) in both the config and the generation config."""
+    config = tiny_config(len(tokenizer), shape, **overrides)
     config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = None
@@ -102,6 +111,5 @@ def build_tiny_model(
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    model.generation_config.bos_token_id = None
+    return model

@@ -178,11 +178,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Constructor arguments for ``load_backend(args.backend, ...)`` from ``add_backend_arguments``' options.
 
-    vLLM options left unset are left to vLLM's defaults.
+    vLLM options left unset are left to vLLM's defaults. Commands that sample also pass their
+    ``--batch-size`` (HF: sequences per ``generate`` call) or ``--seed`` (vLLM: the engine's seed).
     """
     if args.backend == "hf":
-        return {"dtype": args.dtype, "device": args.device}
+        options = {"dtype": args.dtype, "device": args.device}
+        if getattr(args, "batch_size", None) is not None:
+            options["batch_size"] = args.batch_size
+        return options
     options = {"dtype": args.dtype, "max_model_len": args.max_model_len}
+    if getattr(args, "seed", None) is not None:
+        options["seed"] = args.seed
     for name in ("gpu_memory_utilization", "kv_cache_memory_bytes", "tensor_parallel_size"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
