@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 
+import yaml
 from snakemake.utils import validate
 
 from pear_bench.config import ConfigError, check_settings
@@ -154,8 +155,15 @@ def rl_dir(model, task, arm, seed):
 
 
 def cli_flags(settings):
-    """``--key value`` for each setting; values as JSON, which pear_bench.config reads as YAML scalars."""
-    return " ".join(f"--{key} {shlex.quote(json.dumps(value))}" for key, value in settings.items())
+    """``--key value`` for each setting, as pear_bench.config reads flags: YAML scalars. Strings go
+    bare unless YAML would read them as something else ("null", "1e-5"); the rest as JSON."""
+
+    def text(value):
+        if isinstance(value, str) and yaml.safe_load(value) == value:
+            return value
+        return json.dumps(value)
+
+    return " ".join(f"--{key} {shlex.quote(text(value))}" for key, value in settings.items())
 
 
 def sft_settings(wc):
