@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pear_bench.atomic import write_atomic
 
 KEEP_MODES = ("correct", "all")
 CORRECT = 1.0  # the grader's reward for a correct response
@@ -49,12 +49,6 @@ def parts_dir(output: str | Path) -> Path:
     """Where the finished chunks of a collection into ``output`` are kept until it completes."""
     output = Path(output)
     return output.with_name(output.name + ".parts")
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj) + "\n")
-    os.replace(tmp, path)
 
 
 def _grade_chunk(responses: list[str], problems: list[Mapping[str, str]]) -> list[float]:
@@ -135,6 +129,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
 
     from pear_bench.config import package_versions
     from pear_bench.data import empty_dataset, load_records, save_records, summary_path
+    from pear_bench.problems import check_unique_ids
     from pear_bench.generation import derive_seed
 
     output = Path(output)
@@ -146,10 +141,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         raise ValueError("no problems to collect on")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
-    duplicates = [(i, n) for i, n in Counter(p["id"] for p in problems).items() if n > 1]
-    if duplicates:
-        raise ValueError(f"problem ids must be unique; {duplicates[0][0]!r} occurs {duplicates[0][1]} times "
-                         f"({len(duplicates)} ids repeat)")
+    check_unique_ids(problems)
 
     run = {
         "model": backend.model_id, "backend": backend.name, "sampling": sampling.to_record(backend.name),
@@ -168,7 +160,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
                              + ", ".join(f"{k}: {previous.get(k)!r} there, {run.get(k)!r} now" for k in differs)
                              + "); rerun with its settings to resume it, or delete the directory")
     else:
-        _write_json_atomic(run_file, run)
+        write_atomic(run_file, json.dumps(run) + "\n")
 
     chunks = [range(start, min(start + chunk_size, len(problems))) for start in range(0, len(problems), chunk_size)]
     # chunk-NNNNNN.json (its counts) is written last and marks the chunk done; chunk-NNNNNN.parquet
@@ -191,7 +183,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         records, counts = collect_chunk(backend, chunk_problems, prompt_ids, sampling, derive_seed(seed, c), keep)
         if records:
             save_records(records, records_files[c])
-        _write_json_atomic(counts_files[c], counts)
+        write_atomic(counts_files[c], json.dumps(counts) + "\n")
         kept, correct, samples = kept + counts["kept"], correct + counts["correct"], samples + counts["samples"]
         bar.set_postfix(kept=kept, acceptance=f"{correct / samples:.2f}")
         bar.update(len(rows))
@@ -211,7 +203,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         "chunks": len(chunks), "resumed_chunks": len(resumed), "wall_seconds": time.perf_counter() - wall_start,
         "versions": package_versions(),
     }
-    _write_json_atomic(summary_path(output), summary)  # last: a workflow takes the summary as the done marker
+    write_atomic(summary_path(output), json.dumps(summary) + "\n")  # last: a workflow takes the summary as the done marker
     shutil.rmtree(parts)
     return summary
 

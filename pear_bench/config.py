@@ -38,7 +38,6 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import os
 import platform
 import sys
 import types
@@ -523,9 +522,6 @@ def run_record(config: TrainingSettings, **extra: Any) -> dict[str, Any]:
 
 def write_run_record(record: Mapping[str, Any], directory: str | Path) -> Path:
     """Write ``record`` as ``directory/run_config.json`` (atomically) and return the path."""
-    path = Path(directory) / RUN_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RUN_RECORD}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    from pear_bench.atomic import write_atomic
+
+    return write_atomic(Path(directory) / RUN_RECORD, json.dumps(record, indent=2, default=str) + "\n")

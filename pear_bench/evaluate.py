@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -47,31 +46,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pear_bench.atomic import write_atomic
+
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CORRECT = 1.0  # the grader's reward for a correct response
-
-
-def write_text_atomic(path: str | Path, text: str | bytes) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    A reader (or a crash) never sees a half-written file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if isinstance(text, bytes):
-            tmp.write_bytes(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -265,15 +247,14 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
         ValueError: mixed tasks, no problems, duplicate problem ids, or a k outside 1..K.
     """
     from pear_bench.config import package_versions
+    from pear_bench.problems import check_unique_ids
 
     start = time.perf_counter()
     output = Path(output)
     check_output(output, overwrite)
     task = single_task(problems)
     ks = check_ks(ks, sampling.n)
-    duplicates = [i for i, n in Counter(p["id"] for p in problems).items() if n > 1]
-    if duplicates:
-        raise ValueError(f"problem ids must be unique; {duplicates[0]!r} repeats ({len(duplicates)} ids repeat)")
+    check_unique_ids(problems)
 
     rows = sample_responses(backend, problems, sampling, seed, chunk_size=chunk_size, progress=progress)
     sample_seconds = time.perf_counter() - start
@@ -305,8 +286,8 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
     }
     if overwrite:  # a metrics.json must never describe samples other than those next to it
         (output / METRICS_FILE).unlink(missing_ok=True)
-    write_text_atomic(output / SAMPLES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text_atomic(output / METRICS_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(output / SAMPLES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(output / METRICS_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
 
 

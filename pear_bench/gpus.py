@@ -326,8 +326,9 @@ def _prctl():
 def exit_with_parent(parent_pid: int) -> None:
     """Get SIGTERM (forwarded to the command like any other) when the process that started the wrapper dies.
 
-    Snakemake stops a running job by terminating its shell only; without this the wrapper and the
-    command would live on as orphans, still writing the outputs of a job Snakemake has given up.
+    The workflow starts the wrapper from a shell; when that shell is killed (by hand, or by
+    Snakemake, which signals only the shell of a job it stops inside a failed group), the wrapper and
+    the command would otherwise live on as orphans, still writing the outputs of an abandoned job.
     """
     prctl = _prctl()
     if prctl is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from pear_bench.evaluate import write_text_atomic
+from pear_bench.atomic import write_atomic
 from pear_bench.tables import SHOWN_METRICS, STAGE_HEADERS, cell_summaries, method_rank
 
 # Keys of Trainer's own log entries that are not SFT diagnostics.
@@ -44,7 +44,7 @@ def _figure(rows: int, cols: int, panel: tuple[float, float] = (4.0, 3.0)):
 def _save(fig, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    return write_text_atomic(path, buffer.getvalue())
+    return write_atomic(path, buffer.getvalue())
 
 
 def plot_sft_vs_rl(metrics: pd.DataFrame, task: str, path: str | Path, shown: Sequence[str] = SHOWN_METRICS,

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -120,6 +121,15 @@ def read_problems(path: str | Path) -> list[dict[str, str]]:
         if bad:
             raise ValueError(f"{path}: record {line_no} lacks str field(s) {bad}; fields are {RECORD_FIELDS}")
     return records
+
+
+def check_unique_ids(problems: Sequence[Mapping[str, str]]) -> None:
+    """Raise ValueError naming a repeated problem id (samples and grades are keyed by id)."""
+    counts = Counter(p["id"] for p in problems)
+    repeated = [(i, n) for i, n in counts.items() if n > 1]
+    if repeated:
+        raise ValueError(f"problem ids must be unique; {repeated[0][0]!r} occurs {repeated[0][1]} times "
+                         f"({len(repeated)} ids repeat)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-from pear_bench.evaluate import write_text_atomic
+from pear_bench.atomic import write_atomic
 
 COLUMNS = ["model", "task", "method", "stage", "seed", "k", "metric", "value"]
 CI_COLUMNS = ["model", "task", "method", "stage", "seed", "k", "metric", "ci_low", "ci_high"]
@@ -341,10 +341,10 @@ def write_tables(df: pd.DataFrame, out: str | Path, shown: Sequence[str] = SHOWN
     tables = Path(out) / "tables"
     written = []
     for task in dict.fromkeys(df["task"]):
-        written.append(write_text_atomic(tables / f"{task}.md", render_markdown(df, [task], shown, method_order)))
-        written.append(write_text_atomic(tables / f"{task}.tex", render_latex(df, [task], shown, method_order)))
-    written.append(write_text_atomic(tables / "main.md", render_markdown(df, None, shown, method_order)))
-    written.append(write_text_atomic(tables / "main.tex", render_latex(df, None, shown, method_order)))
+        written.append(write_atomic(tables / f"{task}.md", render_markdown(df, [task], shown, method_order)))
+        written.append(write_atomic(tables / f"{task}.tex", render_latex(df, [task], shown, method_order)))
+    written.append(write_atomic(tables / "main.md", render_markdown(df, None, shown, method_order)))
+    written.append(write_atomic(tables / "main.tex", render_latex(df, None, shown, method_order)))
     return written
 
 
@@ -383,8 +383,8 @@ def main(args: argparse.Namespace) -> int:
         runs = parse_runs(args.sft_runs)
         if args.metrics:
             df, ci = collect_metrics(args.metrics, args.method_order)
-            write_text_atomic(out / "metrics.csv", metrics_csv_text(df))
-            write_text_atomic(out / "metrics_ci.csv", metrics_csv_text(ci))
+            write_atomic(out / "metrics.csv", metrics_csv_text(df))
+            write_atomic(out / "metrics_ci.csv", metrics_csv_text(ci))
         else:
             df = read_metrics_csv(args.from_csv)
     except (ValueError, FileNotFoundError, KeyError) as exc:

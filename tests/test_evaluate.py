@@ -26,7 +26,8 @@ import torch
 
 from pear_bench import cli
 from pear_bench.collect import chat_prompt_ids
-from pear_bench.evaluate import evaluate, parse_labels, single_task, write_text_atomic
+from pear_bench.atomic import write_atomic
+from pear_bench.evaluate import evaluate, parse_labels, single_task
 from pear_bench.generation import SamplingConfig, load_backend
 from pear_bench.problems import make_record, write_problems
 
@@ -225,9 +226,9 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_text_atomic(target, "new\n")
+        write_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     monkeypatch.undo()
-    write_text_atomic(tmp_path / "fresh.json", "x")
+    write_atomic(tmp_path / "fresh.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.json", "metrics.json"]

@@ -1,7 +1,6 @@
 """PEAR weights and losses against independent references: explicit float64 loops over DESIGN.md's
 formulas, closed forms, and properties (hypothesis)."""
 
-import itertools
 import math
 
 import pytest

@@ -226,3 +226,11 @@ def test_make_data_aime_and_math_from_local_files(tmp_path, aime_file):
     assert manifest["decontamination"]["dropped"] == 1
     assert manifest["source"]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
     assert [r["question"] for r in read_problems(tmp_path / "math" / "train.jsonl")] == ["What is 2 + 3?"]
+
+
+def test_check_unique_ids_names_the_repeated_id():
+    from pear_bench.problems import check_unique_ids
+
+    check_unique_ids([{"id": "a"}, {"id": "b"}])
+    with pytest.raises(ValueError, match=r"'b' occurs 3 times \(1 ids repeat\)"):
+        check_unique_ids([{"id": "a"}, {"id": "b"}, {"id": "b"}, {"id": "b"}])
