@@ -56,3 +56,23 @@ def test_auto_restart_continues_when_nothing_changed(run_dir):
     config = settings(run_dir, resume="auto-restart")
     newest = write_checkpoint(config, 3)
     assert resume_checkpoint(config) == newest
+
+
+def test_a_checkpoint_cut_short_while_saving_is_set_aside_and_the_one_before_used(run_dir):
+    config = settings(run_dir)
+    complete = write_checkpoint(config, 10)
+    partial = Path(config.output_dir) / "checkpoint-20"  # interrupted mid-save: no run record yet
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    assert resume_checkpoint(config) == complete
+    out = Path(config.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10"]
+    moved = list(out.glob("incomplete-*/checkpoint-20"))
+    assert len(moved) == 1 and (moved[0] / "config.json").is_file()  # moved, not deleted
+
+
+def test_only_partial_checkpoints_means_starting_over(run_dir):
+    config = settings(run_dir)
+    (Path(config.output_dir) / "checkpoint-5").mkdir(parents=True)
+    assert resume_checkpoint(config) is None
+    assert not list(Path(config.output_dir).glob("checkpoint-*"))

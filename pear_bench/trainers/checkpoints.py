@@ -41,21 +41,23 @@ def load_model(config: TrainingSettings):
 def resume_checkpoint(config: TrainingSettings) -> str | None:
     """The checkpoint to resume from, per ``config.resume``; None to start from ``config.model``.
 
-    With ``resume: auto-restart``, checkpoints written with other settings are moved (never deleted)
-    to ``output_dir/stale-<UTC time>/`` and training starts over: this is what a workflow wants when
+    With ``resume: auto`` (or ``auto-restart``) the newest *complete* checkpoint in ``output_dir`` is
+    taken: one holding ``run_config.json``, which ``RunRecordCallback`` writes after the Trainer has
+    saved everything else. A checkpoint without it was cut short by an interrupt during the save; it
+    is moved to ``output_dir/incomplete-<UTC time>/`` (never deleted) and the one before it is used.
+
+    With ``resume: auto-restart``, checkpoints written with other settings are moved to
+    ``output_dir/stale-<UTC time>/`` and training starts over: this is what a workflow wants when
     it reruns a job because its settings changed.
 
     Raises:
         ConfigError: the checkpoint's recorded config differs from ``config`` in a key outside
             ``RESUME_MAY_CHANGE`` (the message lists the keys and both values), unless auto-restart.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     if config.resume == "never":
         return None
     if config.resume in ("auto", "auto-restart"):
-        output_dir = Path(config.output_dir)
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        checkpoint = _newest_complete_checkpoint(config)
     else:
         checkpoint = config.resume
     if checkpoint is None:
@@ -68,7 +70,8 @@ def resume_checkpoint(config: TrainingSettings) -> str | None:
         if changed:
             diffs = ", ".join(f"{k}: {recorded.get(k)!r} -> {current[k]!r}" for k in changed)
             if config.resume == "auto-restart":
-                stale = _move_checkpoints_aside(Path(config.output_dir))
+                output_dir = Path(config.output_dir)
+                stale = _move_aside(output_dir, sorted(output_dir.glob("checkpoint-*")), "stale")
                 print(f"{config.stage}: checkpoints in {config.output_dir} were written with other settings "
                       f"({diffs}); moved them to {stale}, starting over")
                 return None
@@ -79,13 +82,29 @@ def resume_checkpoint(config: TrainingSettings) -> str | None:
     return checkpoint
 
 
-def _move_checkpoints_aside(output_dir: Path) -> Path:
-    """Move ``output_dir/checkpoint-*`` into a new ``output_dir/stale-<UTC time>/``; returns that directory."""
-    stale = output_dir / time.strftime("stale-%Y%m%dT%H%M%SZ", time.gmtime())
-    stale.mkdir()
-    for checkpoint in sorted(output_dir.glob("checkpoint-*")):
-        checkpoint.rename(stale / checkpoint.name)
-    return stale
+def _newest_complete_checkpoint(config: TrainingSettings) -> str | None:
+    """The highest-step ``checkpoint-N`` of ``output_dir`` with its run record; incomplete ones newer
+    than it are moved aside (the Trainer would otherwise save into, or resume from, a partial one)."""
+    output_dir = Path(config.output_dir)
+    steps = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    incomplete = []
+    while steps and not (steps[-1][1] / RUN_RECORD).is_file():
+        incomplete.append(steps.pop()[1])
+    if incomplete:
+        moved = _move_aside(output_dir, incomplete, "incomplete")
+        print(f"{config.stage}: {', '.join(p.name for p in incomplete)} in {output_dir} was cut short while "
+              f"being saved; moved to {moved}")
+    return str(steps[-1][1]) if steps else None
+
+
+def _move_aside(output_dir: Path, checkpoints: list[Path], why: str) -> Path:
+    """Move ``checkpoints`` into ``output_dir/<why>-<UTC time>/``; returns that directory."""
+    target = output_dir / time.strftime(f"{why}-%Y%m%dT%H%M%SZ", time.gmtime())
+    target.mkdir(exist_ok=True)
+    for checkpoint in checkpoints:
+        checkpoint.rename(target / checkpoint.name)
+    return target
 
 
 def _as_json(config: TrainingSettings) -> dict[str, Any]:
