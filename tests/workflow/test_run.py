@@ -69,7 +69,8 @@ def test_interrupted_mid_sft_then_rerun_resumes_without_cleanup(teacher, workdir
     proc = subprocess.Popen(snakemake(workdir, configfile, target), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PEAR_BENCH_GPUS": ""})
     deadline = time.monotonic() + 600
-    while not list(sft_run.glob("checkpoint-*")):
+    # Wait for a complete checkpoint (its run record is written last), so there is one to resume from.
+    while not list(sft_run.glob("checkpoint-*/run_config.json")):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline, "no SFT checkpoint within 10 minutes"
         time.sleep(0.05)
@@ -77,7 +78,8 @@ def test_interrupted_mid_sft_then_rerun_resumes_without_cleanup(teacher, workdir
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     assert not (sft_run / "run_config.json").exists(), "SFT finished before the kill; the test needs a longer run"
-    checkpoints = sorted(int(p.name.split("-")[1]) for p in sft_run.glob("checkpoint-*"))
+    # The newest complete one; a newer checkpoint cut short by the interrupt must not be resumed from.
+    checkpoints = sorted(int(p.parent.name.split("-")[1]) for p in sft_run.glob("checkpoint-*/run_config.json"))
 
     out = run(snakemake(workdir, configfile))  # the whole grid, with no cleanup in between
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
