@@ -1,7 +1,8 @@
 # pear-bench: the PEAR grid as a Snakemake workflow.
 #   snakemake --cores all                                               # the CPU miniature (workflows/config/mini.yaml)
 #   snakemake --cores all --configfile workflows/config/paper.yaml      # the paper's grid on a GPU node
-#   snakemake --profile workflows/profiles/slurm --configfile workflows/config/paper.yaml
+#   snakemake --workflow-profile workflows/profiles/slurm --configfile workflows/config/paper.yaml
+#   snakemake --cores all --config reference_tolerance=0.02            # other hardware: how far a metric may move
 #   snakemake --report results/mini/report.html                         # after a run: tables and plots in one page
 # This file is a table of contents: rules live in workflows/rules/, input functions in common.smk.
 from snakemake.utils import min_version
@@ -26,6 +27,7 @@ include: "workflows/rules/sft.smk"
 include: "workflows/rules/rl.smk"
 include: "workflows/rules/eval.smk"
 include: "workflows/rules/tables.smk"
+include: "workflows/rules/reproduce.smk"
 include: "workflows/rules/bench.smk"
 
 

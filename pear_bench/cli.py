@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pear_bench.score", "fill behavior_logprobs of an SFT dataset with one forward pass of the behaviour model"),
     "eval": ("pear_bench.evaluate", "k samples per problem from a checkpoint, graded: pass@k and avg@k with CIs"),
     "tables": ("pear_bench.tables", "metrics.json files -> metrics.csv, paper-layout tables (md, tex) and plots"),
+    "compare": ("pear_bench.compare", "a grid's results against a reference, cell by cell: reproduced or not"),
     "gpu-run": ("pear_bench.gpus", "run a command on N GPUs of this node that no other job holds (CUDA_VISIBLE_DEVICES)"),
     "bootstrap": ("pear_bench.miniature", "build the CPU miniature's base models: shared tokenizer, teacher, student"),
 }

@@ -9,6 +9,8 @@
 #   results/G/eval/{task}/{model}/{checkpoint}/        samples.jsonl, metrics.json; checkpoint is
 #                                                      base | sft/{arm} | rl/{arm}/seed{seed}
 #   results/G/metrics.csv, tables/, plots/             the grid's results
+#   results/G/reproducibility.md (+ .json)             the results compared with the reference (if any)
+#   results/reference/G/                               committed reference results: no rule writes there
 #   logs/G/..., benchmarks/G/...                       one log and one timing file per job
 import json
 import os
@@ -91,7 +93,8 @@ def rule_resources(rule_name):
 # The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
 PEAR_BENCH = f"{shlex.quote(sys.executable)} -m pear_bench"
 RESOURCES = {name: rule_resources(name) for name in
-             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "sft", "rl", "evaluate", "tables")}
+             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "sft", "rl", "evaluate", "tables",
+              "reproduce")}
 
 
 def launcher(rule_name):
@@ -222,5 +225,9 @@ def all_sft_runs():
 
 
 def final_outputs():
-    """Everything `rule all` asks for in this grid."""
-    return [f"{RESULTS}/metrics.csv", f"{RESULTS}/tables/main.md"]
+    """Everything `rule all` asks for in this grid: the results, and their comparison with the
+    grid's reference when it has one."""
+    outputs = [f"{RESULTS}/metrics.csv", f"{RESULTS}/tables/main.md"]
+    if config.get("reference"):
+        outputs.append(f"{RESULTS}/reproducibility.md")
+    return outputs

@@ -1,0 +1,34 @@
+# The run's results against the grid's committed reference, cell by cell (pear-bench compare): the
+# verdict is printed at the end of the run and kept in results/{grid}/reproducibility.md. The rule
+# never fails on a difference (the grid's results are still good results); `pear-bench compare`
+# run by hand exits 1 then.
+
+
+def _reference_inputs(wc):
+    ref = config["reference"]
+    return [f"{ref}/{name}" for name in ("metrics.csv", "metrics_ci.csv") if os.path.exists(f"{ref}/{name}")]
+
+
+rule reproduce:
+    input:
+        csv="results/{grid}/metrics.csv",
+        ci="results/{grid}/metrics_ci.csv",
+        main="results/{grid}/tables/main.md",
+        reference=_reference_inputs,
+    output:
+        md="results/{grid}/reproducibility.md",
+        json="results/{grid}/reproducibility.json",
+    log:
+        "logs/{grid}/reproduce.log",
+    params:
+        reference=lambda wc: shlex.quote(config["reference"]),
+        tolerance=config.get("reference_tolerance", 0),
+    threads: RESOURCES["reproduce"]["threads"]
+    resources:
+        gpu=RESOURCES["reproduce"]["gpu"],
+        mem_mb=RESOURCES["reproduce"]["mem_mb"],
+        runtime=RESOURCES["reproduce"]["runtime"],
+    shell:
+        # tee: the verdict goes to the terminal as well as to the log.
+        "{LAUNCH[reproduce]} compare --run results/{wildcards.grid} --reference {params.reference}"
+        " --tolerance {params.tolerance} --exit-zero 2>&1 | tee {log}"
