@@ -40,6 +40,8 @@ def expected_counts(grid: dict) -> dict[str, int]:
     }
     if bootstrapped:
         counts.update(bootstrap_tokenizer=1, bootstrap_model=len(bootstrapped))
+    if grid.get("reference"):
+        counts["reproduce"] = 1
     counts["total"] = sum(counts.values())
     return counts
 
@@ -82,6 +84,8 @@ def test_default_config_is_the_mini_grid_and_not_merged_into_others(tmp_path):
     (lambda g: g["tasks"]["chain_sum"].update(teacher="techer"), "techer"),          # cross-reference
     (lambda g: g["evaluation"].update(ks=[1, 16]), "pass@16 needs at least 16 samples"),
     (lambda g: g["rl"].update(seed=3), "rl.seed is set by the workflow"),
+    (lambda g: g.update(reference="results/reference/nowhere"), "'results/reference/nowhere' has no metrics.csv"),
+    (lambda g: g.update(reference_tolerance=-0.1), "reference_tolerance"),
 ])
 def test_bad_config_is_rejected_before_any_job(edit, message, tmp_path):
     grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
@@ -91,3 +95,16 @@ def test_bad_config_is_rejected_before_any_job(edit, message, tmp_path):
     out = dry_run("--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path))
     assert out.returncode != 0
     assert message in out.stdout + out.stderr
+
+
+def test_committed_results_do_not_shadow_the_grid(tmp_path):
+    """A fresh clone's `snakemake --cores all` must run every job: with the committed results/ tree
+    laid out as a clone has it, the default grid's dry run still lists all of its jobs."""
+    archive = subprocess.run(["git", "archive", "HEAD", "results"], capture_output=True, cwd=ROOT)
+    if archive.returncode != 0:
+        pytest.skip("not a git checkout: " + archive.stderr.decode()[:200])
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    assert (tmp_path / "results/reference/mini/metrics.csv").is_file()
+    out = dry_run("--cores", "1", "--directory", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert job_counts(out.stdout) == expected_counts(yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text()))

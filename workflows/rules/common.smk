@@ -27,6 +27,9 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 GRID = config["grid"]
 RESULTS = f"results/{GRID}"
+# The committed reference results (results/reference/<grid>) live in the repository: a relative path
+# is read from the repository, whatever directory the workflow runs in.
+REFERENCE = os.path.join(workflow.basedir, config["reference"]) if config.get("reference") else None
 
 
 def _check_grid():
@@ -56,6 +59,9 @@ def _check_grid():
         for key in keys:
             if key in config[stage]:
                 raise ValueError(f"{stage}.{key} is set by the workflow for each job; remove it from the config")
+    if config.get("reference") and not os.path.isfile(os.path.join(REFERENCE, "metrics.csv")):
+        raise ValueError(f"reference: {config['reference']!r} has no metrics.csv (looked in {REFERENCE}); "
+                         "point it at a committed results directory, or remove the key")
     for k in config["evaluation"]["ks"]:
         if k > config["evaluation"]["samples"]:
             raise ValueError(f"evaluation.ks: pass@{k} needs at least {k} samples; samples is "

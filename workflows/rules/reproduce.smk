@@ -5,8 +5,8 @@
 
 
 def _reference_inputs(wc):
-    ref = config["reference"]
-    return [f"{ref}/{name}" for name in ("metrics.csv", "metrics_ci.csv") if os.path.exists(f"{ref}/{name}")]
+    return [os.path.join(REFERENCE, name) for name in ("metrics.csv", "metrics_ci.csv")
+            if os.path.exists(os.path.join(REFERENCE, name))]
 
 
 rule reproduce:
@@ -21,7 +21,7 @@ rule reproduce:
     log:
         "logs/{grid}/reproduce.log",
     params:
-        reference=lambda wc: shlex.quote(config["reference"]),
+        reference=lambda wc: shlex.quote(REFERENCE),
         tolerance=config.get("reference_tolerance", 0),
     threads: RESOURCES["reproduce"]["threads"]
     resources:
