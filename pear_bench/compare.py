@@ -41,6 +41,7 @@ VALUE_COLUMNS = ("value", "ci_low", "ci_high")
 TABLE_GLOBS = ("tables/*.md", "tables/*.tex")
 PLOT_GLOBS = ("plots/*.png",)
 STATUSES = ("exact", "within", "differs", "missing", "extra")
+ROUNDING_SLACK = 1e-12
 SHOWN_CELLS = 20  # differing cells printed; the written report lists all of them
 
 
@@ -79,7 +80,8 @@ def cell_status(run: float | None, reference: float | None, tolerance: float) ->
         return "exact"
     if math.isnan(run) or math.isnan(reference):
         return "differs"
-    return "within" if abs(run - reference) <= tolerance else "differs"
+    # The slack absorbs binary rounding of decimal figures (0.52 - 0.5 > 0.02 in floating point).
+    return "within" if abs(run - reference) <= tolerance + ROUNDING_SLACK else "differs"
 
 
 def _read_cells(path: Path) -> dict[tuple[tuple[str, str], str], float]:
