@@ -9,7 +9,7 @@
         --label model=student --label method=pear-token --label stage=rl --label seed=2 \\
         --output results/mini/eval/student/pear-token/rl/2
     pear-bench eval --backend vllm --model Qwen/Qwen2.5-1.5B-Instruct --problems data/aime2025/test.jsonl \\
-        --samples 32 --ks 1 8 32 --temperature 0.6 --max-new-tokens 8192 --label stage=base --output ...
+        --samples 32 --ks 1 8 32 --temperature 0.6 --max-new-tokens 8192 --label model=qwen2.5-1.5b --label stage=base --output ...
 
 Outputs, in ``--output DIR`` (each written to a temporary name and renamed, so a file under its final
 name is always complete; ``metrics.json`` is written last and marks a finished evaluation):
