@@ -18,6 +18,11 @@ What is compared, for each file present in the reference:
 - the plots (``plots/*.png``): identical bytes or not, reported but not part of the verdict (a
   matplotlib upgrade changes the bytes of an identical figure).
 
+Bit-exact results need the same CPU instruction set and the same library versions: torch picks its
+CPU kernels (and so the order of floating-point sums) by what the processor supports. The compare
+step writes the platform it ran on to ``<run>/platform.json``; a reference keeps the one it was made
+on in its own ``platform.json``, and the report shows both side by side.
+
 The verdict: *reproduced exactly* (every cell exact, every table identical), *reproduced within
 tolerance* (every cell exact or within, every table identical or its cells within), or *differs*.
 It is printed and written to ``--out`` (default ``<run>/reproducibility.md`` and ``.json``). Exit code:
@@ -30,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -182,6 +189,31 @@ def compare(run_dir: str | Path, reference_dir: str | Path, tolerance: float = 0
     }
 
 
+def platform_info() -> dict:
+    """What decides bit-exactness on a CPU: the processor, torch's kernel level, the package versions."""
+    import torch
+
+    from pear_bench.config import package_versions
+
+    processor = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "processor": processor, "cpus": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "versions": package_versions()}
+
+
+def _platform_line(name: str, info: Mapping | None) -> str:
+    if not info:
+        return f"{name}: platform not recorded"
+    versions = info.get("versions", {})
+    return (f"{name}: {info.get('processor')} ({info.get('machine')}, {info.get('cpus')} CPUs, torch kernels "
+            f"{info.get('torch_cpu_capability')}; torch {versions.get('torch')}, transformers "
+            f"{versions.get('transformers')}, trl {versions.get('trl')})")
+
+
 def _number(x: float | None) -> str:
     return "absent" if x is None else f"{x:.6g}"
 
@@ -205,6 +237,15 @@ def render_report(report: Mapping, limit: int | None = None) -> str:
         if len(shown) < len(report["not_exact"]):
             lines.append(f"| ... {len(report['not_exact']) - len(shown)} more in the written report | | | | | | |")
         lines.append("")
+    platforms = report.get("platform") or {}
+    lines += [_platform_line("this run", platforms.get("run")), "",
+              _platform_line("the reference", platforms.get("reference")), ""]
+    if report["verdict"] == "differs" and platforms.get("run") and platforms.get("reference"):
+        keys = ("machine", "torch_cpu_capability", "versions")
+        if any(platforms["run"].get(k) != platforms["reference"].get(k) for k in keys):
+            lines += ["The platforms differ (processor kernels or versions): bit-exact agreement is not expected; "
+                      "rerun with a tolerance (--tolerance, or --config reference_tolerance=...) to see how far "
+                      "the results moved.", ""]
     for title, files in (("Tables", report["tables"]), ("Plots (not part of the verdict)", report["plots"])):
         if files:
             lines += [f"{title}: " + ", ".join(f"{name} {state}" for name, state in files.items()), ""]
@@ -224,6 +265,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     report = compare(args.run, args.reference, args.tolerance)
+    reference_platform = args.reference / "platform.json"
+    report["platform"] = {"run": platform_info(),
+                          "reference": json.loads(reference_platform.read_text()) if reference_platform.exists() else None}
+    write_atomic(args.run / "platform.json", json.dumps(report["platform"]["run"], indent=1) + "\n")
     stem = args.out if args.out is not None else args.run / "reproducibility"
     write_atomic(stem.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     write_atomic(stem.with_suffix(".md"), render_report(report) + "\n")
