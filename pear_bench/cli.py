@@ -7,6 +7,10 @@ Each subcommand lives in the module that owns its idea and exposes two functions
 
 Modules are imported only when their subcommand runs, so `pear-bench --help` stays fast
 and a subcommand's heavy imports (vLLM, lm-eval) never slow down the others.
+
+Expected errors (``pear_bench.errors.InputError`` and its kinds, a file that is missing, exists
+already or cannot be read) print one line, ``pear-bench <command>: error: <what and where>``, and
+exit with code 2, as argparse does for a bad flag. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from pear_bench.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+# OSErrors that mean "this path is not what you said", not a failing machine.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 # name -> (module, one-line help). Add a subcommand by adding one line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         module.configure_parser(sub_action.choices[name])
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
-    return int(module.main(args) or 0)
+    try:
+        return int(module.main(args) or 0)
+    except (InputError, *_PATH_ERRORS) as exc:
+        print(f"pear-bench {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+def error_line(exc: BaseException) -> str:
+    """The message of an expected error on one line; for an OSError, with the path it is about."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

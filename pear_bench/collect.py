@@ -29,11 +29,12 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pear_bench.atomic import write_atomic
+from pear_bench.errors import InputError
 
 KEEP_MODES = ("correct", "all")
 CORRECT = 1.0  # the grader's reward for a correct response
@@ -65,14 +66,15 @@ def _grade_chunk(responses: list[str], problems: list[Mapping[str, str]]) -> lis
 
 
 def collect_chunk(backend, problems: Sequence[Mapping[str, str]], prompt_ids: Sequence[list[int]], sampling,
-                  seed: int, keep: str) -> tuple[list[dict], dict[str, Any]]:
+                  seed: int, keep: str,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample, grade and filter one chunk of problems; return its records and counts.
 
     Records are in problem order, then sample order; with ``keep="correct"`` only those with reward
-    1.0 remain. Counts cover every sample, kept or not.
+    1.0 remain. Counts cover every sample, kept or not. ``progress`` goes to ``backend.sample``.
     """
     start = time.perf_counter()
-    groups = backend.sample(prompt_ids, sampling, seed)
+    groups = backend.sample(prompt_ids, sampling, seed, progress)
     sample_seconds = time.perf_counter() - start
     flat = [(problem, ids, k, s) for problem, ids, group in zip(problems, prompt_ids, groups)
             for k, s in enumerate(group)]
@@ -115,7 +117,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         overwrite: replace ``output`` if it exists.
         settings: further settings that change the samples (e.g. the backend's dtype and batch
             size), checked on resume and recorded in the summary.
-        progress: show a tqdm bar over prompts.
+        progress: show a tqdm bar over samples.
 
     Returns:
         The summary written to ``<output stem>.summary.json``.
@@ -134,11 +136,11 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
 
     output = Path(output)
     if keep not in KEEP_MODES:
-        raise ValueError(f"keep must be one of {KEEP_MODES}; got {keep!r}")
+        raise InputError(f"keep must be one of {KEEP_MODES}; got {keep!r}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1; got {chunk_size}")
     if not problems:
-        raise ValueError("no problems to collect on")
+        raise InputError("no problems to collect on")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
     check_unique_ids(problems)
@@ -156,7 +158,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         previous = json.loads(run_file.read_text())
         differs = sorted(k for k in run.keys() | previous.keys() if run.get(k) != previous.get(k))
         if differs:
-            raise ValueError(f"{parts} holds an unfinished collection with other settings ("
+            raise InputError(f"{parts} holds an unfinished collection with other settings ("
                              + ", ".join(f"{k}: {previous.get(k)!r} there, {run.get(k)!r} now" for k in differs)
                              + "); rerun with its settings to resume it, or delete the directory")
     else:
@@ -169,8 +171,9 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
     records_files = [parts / f"chunk-{c:06d}.parquet" for c in range(len(chunks))]
     resumed = {c for c, path in enumerate(counts_files) if path.exists()}
     wall_start = time.perf_counter()
-    bar = tqdm(total=len(problems), initial=sum(len(chunks[c]) for c in resumed), unit="prompt",
-               desc=f"collect {backend.name}", disable=not progress)
+    # Counted in samples and moved by the backend as it samples (HF: per generate batch).
+    bar = tqdm(total=len(problems) * sampling.n, initial=sum(len(chunks[c]) for c in resumed) * sampling.n,
+               unit="sample", desc=f"collect {backend.name}", disable=not progress)
     kept = correct = samples = 0
     for c, rows in enumerate(chunks):
         if c in resumed:
@@ -180,13 +183,13 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
                       for p in chunk_problems]
         # A records file without its counts is left by an interrupted attempt at this chunk: drop it.
         records_files[c].unlink(missing_ok=True)
-        records, counts = collect_chunk(backend, chunk_problems, prompt_ids, sampling, derive_seed(seed, c), keep)
+        records, counts = collect_chunk(backend, chunk_problems, prompt_ids, sampling, derive_seed(seed, c), keep,
+                                        bar.update)
         if records:
             save_records(records, records_files[c])
         write_atomic(counts_files[c], json.dumps(counts) + "\n")
         kept, correct, samples = kept + counts["kept"], correct + counts["correct"], samples + counts["samples"]
         bar.set_postfix(kept=kept, acceptance=f"{correct / samples:.2f}")
-        bar.update(len(rows))
     bar.close()
 
     totals: dict[str, float] = {}

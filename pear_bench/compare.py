@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pear_bench.atomic import write_atomic
+from pear_bench.errors import InputError
 
 CELL_FILES = ("metrics.csv", "metrics_ci.csv")
 VALUE_COLUMNS = ("value", "ci_low", "ci_high")
@@ -100,7 +101,7 @@ def _read_cells(path: Path) -> dict[tuple[tuple[str, str], str], float]:
         columns = reader.fieldnames or []
         values = [c for c in columns if c in VALUE_COLUMNS]
         if not values:
-            raise ValueError(f"{path}: no value column ({', '.join(VALUE_COLUMNS)}) in header {columns}")
+            raise InputError(f"{path}: no value column ({', '.join(VALUE_COLUMNS)}) in header {columns}")
         keys = [c for c in columns if c not in VALUE_COLUMNS]
         cells: dict[tuple[tuple[str, str], str], float] = {}
         for line, row in enumerate(reader, start=2):
@@ -110,9 +111,9 @@ def _read_cells(path: Path) -> dict[tuple[tuple[str, str], str], float]:
                 try:
                     value = float(text) if text != "" else math.nan
                 except ValueError:
-                    raise ValueError(f"{path}:{line}: column {column!r} is not a number: {text!r}") from None
+                    raise InputError(f"{path}:{line}: column {column!r} is not a number: {text!r}") from None
                 if (key, column) in cells:
-                    raise ValueError(f"{path}:{line}: row {dict(key)} appears twice")
+                    raise InputError(f"{path}:{line}: row {dict(key)} appears twice")
                 cells[(key, column)] = value
     return cells
 
@@ -167,7 +168,7 @@ def compare(run_dir: str | Path, reference_dir: str | Path, tolerance: float = 0
     """
     run_dir, reference_dir = Path(run_dir), Path(reference_dir)
     if not tolerance >= 0:
-        raise ValueError(f"--tolerance must be >= 0; got {tolerance}")
+        raise InputError(f"--tolerance must be >= 0; got {tolerance}")
     files = [name for name in CELL_FILES if (reference_dir / name).exists()]
     if not files:
         raise FileNotFoundError(f"{reference_dir}: no reference results ({' or '.join(CELL_FILES)})")

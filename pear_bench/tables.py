@@ -24,9 +24,9 @@ Rows of metrics.csv come from each metrics.json's labels (``pear-bench eval --la
 The table layout (one table per model; the task file has one task, main.md every task side by side):
 
     rows     methods: base, sft, then ``method_order``, then the rest alphabetically
-    columns  task x {post-SFT, post-RL} x shown metrics (default pass@1, pass@8); the base row's
-             post-SFT cells hold the base model itself (no SFT), its post-RL cells RL run straight
-             from the base model (method "base", stage "rl"), if any
+    columns  task x {post-SFT, post-RL} x shown metrics (``--show``; by default every pass@k present,
+             in order of k); the base row's post-SFT cells hold the base model itself (no SFT), its
+             post-RL cells RL run straight from the base model (method "base", stage "rl"), if any
     cells    the mean over seeds; with n >= 2 seeds also "± h", the half-width of the 95% Student-t
              interval over seeds, h = t_{0.975, n-1} * s / sqrt(n) (s: sample standard deviation); every
              row but sft also shows "(+d)", its mean minus the sft row's mean in the same column;
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from typing import Any
 import pandas as pd
 
 from pear_bench.atomic import write_atomic
+from pear_bench.errors import InputError
 
 COLUMNS = ["model", "task", "method", "stage", "seed", "k", "metric", "value"]
 CI_COLUMNS = ["model", "task", "method", "stage", "seed", "k", "metric", "ci_low", "ci_high"]
@@ -74,22 +74,22 @@ def metrics_rows(result: Mapping[str, Any], source: str = "<metrics.json>") -> t
     labels = {k: str(v) for k, v in result.get("labels", {}).items()}
     stage = labels.get("stage")
     if stage not in STAGES:
-        raise ValueError(f"{source}: label stage must be one of {', '.join(STAGES)}; got {stage!r} "
+        raise InputError(f"{source}: label stage must be one of {', '.join(STAGES)}; got {stage!r} "
                          "(pass --label stage=... to pear-bench eval)")
     method = labels.get("method", "")
     if stage == "base":
         if method not in ("", "base"):
-            raise ValueError(f"{source}: stage base is the model before SFT, its method is 'base'; got {method!r}")
+            raise InputError(f"{source}: stage base is the model before SFT, its method is 'base'; got {method!r}")
         method, seed = "base", ""
     else:
         if not method:
-            raise ValueError(f"{source}: stage {stage} needs a method label (e.g. --label method=pear-token)")
+            raise InputError(f"{source}: stage {stage} needs a method label (e.g. --label method=pear-token)")
         if method == "base" and stage == "sft":
-            raise ValueError(f"{source}: method 'base' names the model before SFT (stage base, or stage rl for "
+            raise InputError(f"{source}: method 'base' names the model before SFT (stage base, or stage rl for "
                              "RL straight from it); an SFT run needs its own method label")
         seed = labels.get("seed", "")
         if stage == "rl" and not seed:
-            raise ValueError(f"{source}: stage rl needs the RL seed as a label (e.g. --label seed=2)")
+            raise InputError(f"{source}: stage rl needs the RL seed as a label (e.g. --label seed=2)")
     key = {"model": labels.get("model") or str(result["model"]), "task": labels.get("task") or str(result["task"]),
            "method": method,
            "stage": stage, "seed": seed}
@@ -130,14 +130,14 @@ def collect_metrics(paths: Sequence[str | Path], method_order: Sequence[str] = (
             (model, task, method, stage, seed, metric) (the message names both).
     """
     if not paths:
-        raise ValueError("no metrics.json files given")
+        raise InputError("no metrics.json files given")
     rows, ci_rows, origin = [], [], {}
     for path in paths:
         file_rows, file_ci = metrics_rows(json.loads(Path(path).read_text()), str(path))
         for row in file_rows:
             key = tuple(row[c] for c in _KEY_COLUMNS)
             if key in origin:
-                raise ValueError(f"{path} and {origin[key]} both give {dict(zip(_KEY_COLUMNS, key))}; "
+                raise InputError(f"{path} and {origin[key]} both give {dict(zip(_KEY_COLUMNS, key))}; "
                                  "label each evaluation distinctly (model, method, stage, seed)")
             origin[key] = path
         rows += file_rows
@@ -145,6 +145,12 @@ def collect_metrics(paths: Sequence[str | Path], method_order: Sequence[str] = (
     metrics = _sort(pd.DataFrame(rows, columns=COLUMNS), method_order)
     ci = _sort(pd.DataFrame(ci_rows, columns=CI_COLUMNS), method_order)
     return metrics, ci
+
+
+def pass_k_metrics(df: pd.DataFrame) -> list[str]:
+    """The pass@k metrics present in ``df``, in order of k (``["pass@1", "pass@4"]``)."""
+    ks = sorted({int(m.split("@", 1)[1]) for m in df["metric"].unique() if m.startswith("pass@")})
+    return [f"pass@{k}" for k in ks]
 
 
 def metrics_csv_text(df: pd.DataFrame) -> str:
@@ -160,7 +166,7 @@ def read_metrics_csv(path: str | Path) -> pd.DataFrame:
     """
     df = pd.read_csv(path, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=False)
     if list(df.columns) != COLUMNS:
-        raise ValueError(f"{path}: columns must be exactly {COLUMNS}; got {list(df.columns)}")
+        raise InputError(f"{path}: columns must be exactly {COLUMNS}; got {list(df.columns)}")
     return df.astype({"k": int, "value": float})
 
 
@@ -183,7 +189,7 @@ def seed_mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tup
     """
     n = len(values)
     if n == 0:
-        raise ValueError("seed_mean_ci: no values")
+        raise InputError("seed_mean_ci: no values")
     mean = math.fsum(values) / n
     if n == 1:
         return mean, None, 1
@@ -358,7 +364,7 @@ def parse_runs(items: Sequence[str]) -> list[tuple[str, Path]]:
     for item in items:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
-            raise ValueError(f"--sft-runs {item!r}: expected LABEL=DIR (e.g. pear-token=out/sft/pear-token)")
+            raise InputError(f"--sft-runs {item!r}: expected LABEL=DIR (e.g. pear-token=out/sft/pear-token)")
         runs.append((label, Path(path)))
     return runs
 
@@ -370,8 +376,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="results directory (results/<grid>)")
     parser.add_argument("--method-order", nargs="+", default=[], metavar="METHOD",
                         help="row order after base and sft (the rest follow alphabetically)")
-    parser.add_argument("--show", nargs="+", default=list(SHOWN_METRICS), metavar="METRIC",
-                        help="metrics shown in the tables and plots (default pass@1 pass@8)")
+    parser.add_argument("--show", nargs="+", default=None, metavar="METRIC",
+                        help="metrics shown in the tables and plots (default: every pass@k in the metrics, by k)")
     parser.add_argument("--sft-runs", nargs="+", default=[], metavar="LABEL=DIR",
                         help="SFT run directories (with trainer_state.json) for plots/weights_diagnostics.png")
     parser.add_argument("--no-plots", action="store_true", help="write metrics.csv and tables only")
@@ -379,17 +385,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    try:
-        runs = parse_runs(args.sft_runs)
-        if args.metrics:
+    runs = parse_runs(args.sft_runs)
+    if args.metrics:
+        try:
             df, ci = collect_metrics(args.metrics, args.method_order)
-            write_atomic(out / "metrics.csv", metrics_csv_text(df))
-            write_atomic(out / "metrics_ci.csv", metrics_csv_text(ci))
-        else:
-            df = read_metrics_csv(args.from_csv)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"pear-bench tables: {exc}", file=sys.stderr)
-        return 2
+        except KeyError as exc:
+            raise InputError(f"--metrics: a metrics.json lacks the field {exc} (is it from `pear-bench eval`?)") from None
+        write_atomic(out / "metrics.csv", metrics_csv_text(df))
+        write_atomic(out / "metrics_ci.csv", metrics_csv_text(ci))
+    else:
+        df = read_metrics_csv(args.from_csv)
+    args.show = args.show or pass_k_metrics(df)
     written = write_tables(df, out, args.show, args.method_order)
     if not args.no_plots:
         from pear_bench.plots import plot_sft_vs_rl, plot_weight_diagnostics, read_log_history

@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from pear_bench.errors import InputError, check_model_source
 
 # name -> "module:class"; backends are imported only when loaded (vLLM is a GPU-node extra).
 BACKENDS: dict[str, str] = {
@@ -62,14 +64,14 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ValueError(f"n must be >= 1; got {self.n}")
+            raise InputError(f"n must be >= 1; got {self.n}")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (greedy decoding has no distribution to record); "
+            raise InputError(f"temperature must be > 0 (greedy decoding has no distribution to record); "
                              f"got {self.temperature}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
         if self.top_p != 1.0 or self.top_k != 0:
-            raise ValueError(
+            raise InputError(
                 f"top_p={self.top_p}, top_k={self.top_k}: truncated sampling is not supported (need top_p=1.0, "
                 "top_k=0). Its logprobs would be those of a renormalised subset of the vocabulary, which "
                 "`pear-bench score` cannot reproduce; lower the temperature instead.")
@@ -113,8 +115,13 @@ class GenerationBackend(ABC):
     eos_token_ids: list[int]
 
     @abstractmethod
-    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int) -> list[list[Sample]]:
+    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int,
+               progress: Callable[[int], None] | None = None) -> list[list[Sample]]:
         """``config.n`` samples for each prompt, reproducibly from ``seed``.
+
+        ``progress``, if given, is called with the number of sequences (prompt x sample) just finished,
+        as often as the backend can tell (HF: after each ``generate`` batch); its calls add up to
+        ``len(prompt_ids) * config.n``. It never changes what is sampled.
 
         Returns:
             one list of ``config.n`` ``Sample``s per prompt, in prompt order.
@@ -143,7 +150,7 @@ def stop_token_ids(generation_eos: int | Sequence[int] | None, tokenizer) -> lis
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     if not ids:
-        raise ValueError("the model defines no end-of-sequence token: responses could never stop")
+        raise InputError("the model defines no end-of-sequence token: responses could never stop")
     return ids
 
 
@@ -151,10 +158,12 @@ def load_backend(name: str, model: str, **kwargs) -> GenerationBackend:
     """Load ``model`` (hub id or local path) into the named backend; ``kwargs`` go to its constructor.
 
     Raises:
-        ValueError: an unknown backend name (the message lists the known ones).
+        InputError: an unknown backend name (the message lists the known ones), or a model path that
+            is not a model directory.
     """
     if name not in BACKENDS:
-        raise ValueError(f"unknown generation backend {name!r}; choose one of {sorted(BACKENDS)}")
+        raise InputError(f"unknown generation backend {name!r}; choose one of {sorted(BACKENDS)}")
+    check_model_source(model, "--model")
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)(model, **kwargs)
 

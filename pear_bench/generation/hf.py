@@ -15,7 +15,7 @@ padding does not change the numbers (the tests compare with unpadded scoring).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -120,7 +120,8 @@ class HFBackend(GenerationBackend):
                                   finish_reason="stop" if len(stops) else "length"))
         return samples
 
-    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int) -> list[list[Sample]]:
+    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int,
+               progress: Callable[[int], None] | None = None) -> list[list[Sample]]:
         """``config.n`` samples per prompt, in ``generate`` calls of ``batch_size`` sequences.
 
         The n copies of a prompt sit next to each other; batch ``b`` is seeded with
@@ -129,7 +130,10 @@ class HFBackend(GenerationBackend):
         flat = [list(p) for p in prompt_ids for _ in range(config.n)]
         samples: list[Sample] = []
         for b, start in enumerate(range(0, len(flat), self.batch_size)):
-            samples += self._sample_batch(flat[start:start + self.batch_size], config, derive_seed(seed, b))
+            batch = self._sample_batch(flat[start:start + self.batch_size], config, derive_seed(seed, b))
+            samples += batch
+            if progress is not None:
+                progress(len(batch))
         return [samples[i:i + config.n] for i in range(0, len(samples), config.n)]
 
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],

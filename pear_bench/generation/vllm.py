@@ -23,9 +23,11 @@ vLLM starts worker processes: scripts that create a ``VLLMBackend`` need an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from pear_bench.errors import InputError
 
 from pear_bench.generation import GenerationBackend, Sample, SamplingConfig, derive_seed, stop_token_ids
 
@@ -65,8 +67,12 @@ class VLLMBackend(GenerationBackend):
                               max_tokens=config.max_new_tokens, stop_token_ids=self.eos_token_ids,
                               logprobs=0, seed=seed, detokenize=False)
 
-    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int) -> list[list[Sample]]:
-        """``config.n`` samples per prompt; request ``i`` is seeded with ``derive_seed(seed, i)``."""
+    def sample(self, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, seed: int,
+               progress: Callable[[int], None] | None = None) -> list[list[Sample]]:
+        """``config.n`` samples per prompt; request ``i`` is seeded with ``derive_seed(seed, i)``.
+
+        One batched ``generate``: ``progress`` hears of all of its sequences when it returns.
+        """
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
@@ -84,6 +90,8 @@ class VLLMBackend(GenerationBackend):
                     raise RuntimeError(f"vLLM finished a sample with reason {finish!r}; expected 'stop' or 'length'")
                 samples.append(Sample(response_ids=ids, logprobs=logprobs, finish_reason=finish))
             results.append(samples)
+        if progress is not None:
+            progress(sum(len(group) for group in results))
         return results
 
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
@@ -98,11 +106,11 @@ class VLLMBackend(GenerationBackend):
         from vllm.inputs import TokensPrompt
 
         if temperature != 1.0:
-            raise ValueError(f"vLLM scores prompt tokens at temperature 1 only (raw prompt_logprobs); got "
+            raise InputError(f"vLLM scores prompt tokens at temperature 1 only (raw prompt_logprobs); got "
                              f"{temperature}. Score with the hf backend instead.")
         for i, p in enumerate(prompt_ids):
             if len(p) == 0:
-                raise ValueError(f"record {i}: empty prompt_ids; the first response token needs a prefix to be scored")
+                raise InputError(f"record {i}: empty prompt_ids; the first response token needs a prefix to be scored")
         prompts = [TokensPrompt(prompt_token_ids=[*p, *r]) for p, r in zip(prompt_ids, response_ids)]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate(prompts, params, use_tqdm=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pear_bench.errors import InputError
 from pear_bench.grading.extraction import final_math_answer, last_tagged
 from pear_bench.grading.games import GAMES, score_game
 from pear_bench.grading.math import math_equal
@@ -46,7 +47,7 @@ TASKS = MATH_TASKS + GAMES + TEXT_MATCH_TASKS
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        raise InputError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
 
 
 def extract_answer(response: str, task: str) -> str | None:
@@ -69,12 +70,12 @@ def extract_answer(response: str, task: str) -> str | None:
 
 def _reference_answer(doc: Mapping[str, Any]) -> str:
     if not isinstance(doc, Mapping) or "answer" not in doc:
-        raise ValueError(f"doc must be a mapping with an 'answer' field; got {str(doc)[:120]!r}")
+        raise InputError(f"doc must be a mapping with an 'answer' field; got {str(doc)[:120]!r}")
     answer = doc["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool):
         return str(answer)  # some hub copies of AIME store answers as integers
     if not isinstance(answer, str):
-        raise ValueError(f"doc {doc.get('id', '')!r}: 'answer' must be a str, got {type(answer).__name__}")
+        raise InputError(f"doc {doc.get('id', '')!r}: 'answer' must be a str, got {type(answer).__name__}")
     return answer
 
 
@@ -84,9 +85,9 @@ def _game_entry(doc: Mapping[str, Any], answer: str) -> dict[str, Any]:
         try:
             metadata = json.loads(metadata)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"doc {doc.get('id', '')!r}: 'metadata' is not valid JSON: {exc}") from None
+            raise InputError(f"doc {doc.get('id', '')!r}: 'metadata' is not valid JSON: {exc}") from None
     if not isinstance(metadata, dict):
-        raise ValueError(f"doc {doc.get('id', '')!r}: a game doc needs 'metadata' (a dict or its JSON text)")
+        raise InputError(f"doc {doc.get('id', '')!r}: a game doc needs 'metadata' (a dict or its JSON text)")
     return {"question": doc.get("question", ""), "answer": answer, "metadata": metadata}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,10 +172,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        output = train_grpo(config_from_args(args, "rl"))
-    except ConfigError as exc:
-        print(f"pear-bench rl: {exc}", file=sys.stderr)
-        return 2
+    output = train_grpo(config_from_args(args, "rl"))
     print(f"pear-bench rl: saved {output}")
     return 0

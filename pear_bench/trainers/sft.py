@@ -40,7 +40,6 @@ empty prompt.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from pear_bench.config import ConfigError, SFTConfig, add_config_arguments, config_from_args, run_record
+from pear_bench.errors import InputError
 from pear_bench.logprobs import token_logprobs
 from pear_bench.sft_objectives import get_objective
 from pear_bench.trainers.checkpoints import RunRecordCallback, load_model, resume_checkpoint, save_final_model
@@ -171,7 +171,7 @@ def prepare_records(dataset, config: SFTConfig):
                                 for c in ("prompt_ids", "response_ids"))
     empty = np.flatnonzero(prompt_len == 0)
     if len(empty):
-        raise ValueError(f"{len(empty)} records have empty prompt_ids (first: id {table['id'][int(empty[0])]}); "
+        raise InputError(f"{len(empty)} records have empty prompt_ids (first: id {table['id'][int(empty[0])]}); "
                          "the first response token needs at least one token before it")
     columns = ["prompt_ids", "response_ids"]
     if get_objective(config.method).needs_behavior_logprobs:
@@ -226,12 +226,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pear_bench.data import RecordError
-
-    try:
-        output = train_sft(config_from_args(args, "sft"))
-    except (ConfigError, RecordError) as exc:
-        print(f"pear-bench sft: {exc}", file=sys.stderr)
-        return 2
+    output = train_sft(config_from_args(args, "sft"))
     print(f"pear-bench sft: saved {output}")
     return 0

@@ -13,7 +13,7 @@ rule bench_step:
     log:
         "logs/{grid}/bench_step.log",
     params:
-        args=lambda wc: config["bench"]["step_args"],
+        args=lambda wc: cli_args(config["bench"]["step_args"]),
     threads: workflow.cores
     shell:
         "{PEAR_BENCH} bench step {params.args} --json {output.json}.tmp > {output.table}.tmp 2> {log}"

@@ -18,12 +18,12 @@ rule collect:
         teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
         settings=lambda wc: (f"--n {config['collect']['n']} --temperature {config['collect']['temperature']}"
                              f" --max-new-tokens {config['collect']['max_new_tokens']} --keep {config['collect']['keep']}"
-                             f" --seed {config['collect']['seed']} {config['collect'].get('args', '')}"),
+                             f" --seed {config['collect']['seed']} {cli_args(config['collect'].get('args', ''))}"),
     threads: RESOURCES["collect"]["threads"]
     resources:
         gpu=RESOURCES["collect"]["gpu"],
         mem_mb=RESOURCES["collect"]["mem_mb"],
         runtime=RESOURCES["collect"]["runtime"],
     shell:
-        "{LAUNCH[collect]} collect --problems {params.problems} --model {params.teacher}"
+        "{LAUNCH[collect]} collect --problems {params.problems:q} --model {params.teacher:q}"
         " {params.settings} --output results/{wildcards.grid}/sft_data/{wildcards.task}.parquet --overwrite > {log} 2>&1"

@@ -91,6 +91,14 @@ wildcard_constraints:
 # Resources: per rule from the config's resources: section, `default` for the rest.
 
 
+def cli_args(value):
+    """Command-line arguments from the grid config as shell text. A list is quoted item by item; a
+    string is read as shell words (shlex.split) and quoted again, so that what the YAML says is what
+    the program gets (`--set 'operators=["+","-"]'` keeps its quotes; nothing is globbed or expanded)."""
+    words = value if isinstance(value, list) else shlex.split(value or "")
+    return shlex.join(str(word) for word in words)
+
+
 def rule_resources(rule_name):
     return {"gpu": 0, "threads": 1, "mem_mb": 2000, "runtime": 60,
             **config["resources"]["default"], **config["resources"].get(rule_name, {})}

@@ -7,7 +7,7 @@ rule make_data:
     log:
         "logs/{grid}/make_data/{dataset}.log",
     params:
-        args=lambda wc: config["data"][wc.dataset],
+        args=lambda wc: cli_args(config["data"][wc.dataset]),
     threads: RESOURCES["make_data"]["threads"]
     resources:
         gpu=RESOURCES["make_data"]["gpu"],

@@ -24,7 +24,7 @@ rule evaluate:
         settings=(f"--samples {config['evaluation']['samples']} --ks {' '.join(map(str, config['evaluation']['ks']))}"
                   f" --temperature {config['evaluation']['temperature']}"
                   f" --max-new-tokens {config['evaluation']['max_new_tokens']} --seed {config['evaluation']['seed']}"
-                  f" {config['evaluation'].get('args', '')}"),
+                  f" {cli_args(config['evaluation'].get('args', ''))}"),
         out=lambda wc, output: os.path.dirname(output[0]),
     threads: RESOURCES["evaluate"]["threads"]
     resources:
@@ -32,5 +32,5 @@ rule evaluate:
         mem_mb=RESOURCES["evaluate"]["mem_mb"],
         runtime=RESOURCES["evaluate"]["runtime"],
     shell:
-        "{LAUNCH[evaluate]} eval --model {params.model} --problems {params.problems} {params.settings}"
+        "{LAUNCH[evaluate]} eval --model {params.model:q} --problems {params.problems:q} {params.settings}"
         " {params.labels} --output {params.out} --overwrite > {log} 2>&1"

@@ -10,7 +10,7 @@ rule bootstrap_tokenizer:
     log:
         "logs/{grid}/bootstrap/tokenizer.log",
     params:
-        args=config.get("bootstrap", {}).get("tokenizer", ""),
+        args=cli_args(config.get("bootstrap", {}).get("tokenizer", "")),
     threads: RESOURCES["bootstrap_tokenizer"]["threads"]
     resources:
         gpu=RESOURCES["bootstrap_tokenizer"]["gpu"],
@@ -31,7 +31,7 @@ rule bootstrap_model:
     benchmark:
         "benchmarks/{grid}/bootstrap/{model}.tsv"
     params:
-        args=lambda wc: config["models"][wc.model]["bootstrap"],
+        args=lambda wc: cli_args(config["models"][wc.model]["bootstrap"]),
     threads: RESOURCES["bootstrap_model"]["threads"]
     resources:
         gpu=RESOURCES["bootstrap_model"]["gpu"],
