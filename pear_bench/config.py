@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from pear_bench.errors import InputError, check_model_source
+from pear_bench.errors import InputError, looks_like_path
 
 RUN_RECORD = "run_config.json"
 # Libraries whose versions decide the numbers a run produces.
@@ -161,10 +161,8 @@ class TrainingSettings:
         for key in ("model", "output_dir"):
             if not getattr(self, key):
                 raise ConfigError(f"{self.stage}.{key} is required (set it in the config file or with --{key})")
-        try:
-            check_model_source(self.model, f"{self.stage}.model")
-        except InputError as exc:
-            raise ConfigError(str(exc)) from None
+        if looks_like_path(self.model) and not Path(self.model).expanduser().exists():
+            raise ConfigError(f"{self.stage}.model: no such directory {self.model!r}")
         if self.warmup_steps > 0 and self.lr_scheduler_type == "constant":
             raise ConfigError(f"{self.stage}.warmup_steps: lr_scheduler_type 'constant' ignores warmup; "
                               f"use 'constant_with_warmup' (got warmup_steps={self.warmup_steps})")

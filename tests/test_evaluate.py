@@ -232,3 +232,10 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
     monkeypatch.undo()
     write_atomic(tmp_path / "fresh.json", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.json", "metrics.json"]
+
+
+def test_each_sample_carries_its_reference_answer(evaluated, problems):
+    output, _ = evaluated
+    answers = {p["id"]: p["answer"] for p in problems[0]}  # from the problems as written, not the run
+    rows = read_rows(output)
+    assert rows and all(row["reference_answer"] == answers[row["problem_id"]] for row in rows)

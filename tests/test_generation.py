@@ -132,6 +132,16 @@ def test_hf_sampling_is_seeded_and_leaves_the_global_rng_alone(hf_backend):
     assert response_ids(hf_backend.sample(prompts, config, seed=8)) != response_ids(first)
 
 
+def test_hf_progress_hears_every_generate_batch_and_changes_nothing(hf_backend):
+    prompts = chat_prompts(hf_backend.tokenizer, TEACHER_QUESTIONS[:5])
+    config = SamplingConfig(n=3, max_new_tokens=8)
+    calls = []
+    with_progress = hf_backend.sample(prompts, config, seed=7, progress=calls.append)
+    assert sum(calls) == 5 * 3
+    assert len(calls) == -(-5 * 3 // hf_backend.batch_size)  # one call per generate batch
+    assert response_ids(with_progress) == response_ids(hf_backend.sample(prompts, config, seed=7))
+
+
 def test_hf_samples_follow_the_recorded_distribution(tmp_path):
     """Frequencies of 4000 one-token samples at T=0.7 match softmax(logits / 0.7), not softmax(logits)."""
     path = build_tiny_model(tmp_path / "sharp", ["abcdefghij klmnop 0123456789"] * 5, vocab_size=300, seed=3)

@@ -234,3 +234,14 @@ def test_check_unique_ids_names_the_repeated_id():
     check_unique_ids([{"id": "a"}, {"id": "b"}])
     with pytest.raises(ValueError, match=r"'b' occurs 3 times \(1 ids repeat\)"):
         check_unique_ids([{"id": "a"}, {"id": "b"}, {"id": "b"}, {"id": "b"}])
+
+
+def test_set_values_are_json_or_a_bare_word():
+    from pear_bench.errors import InputError
+    from pear_bench.problems import parse_overrides
+
+    assert parse_overrides(["a=3", "b=terse", 'c=["+","-"]', "d=1.5e-3", "e=true", 'f="two words"']) == {
+        "a": 3, "b": "terse", "c": ["+", "-"], "d": 0.0015, "e": True, "f": "two words"}
+    for mangled in ("operators=[+,-]", "x=two words", "y=-x", "z="):
+        with pytest.raises(InputError, match="neither JSON nor a plain word"):
+            parse_overrides([mangled])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from pear_bench.bench.scoring import format_results, in_fresh_process, peak_memory, synthetic_records, time_variants
 from pear_bench.cli import main as cli_main
 from pear_bench.collect import chat_prompt_ids
-from pear_bench.data import RecordError, load_records, save_records, summary_path
+from pear_bench.data import load_records, save_records, summary_path
 from pear_bench.generation import SamplingConfig, load_backend
 from pear_bench.score import length_sorted_batches, score_responses
 
@@ -92,12 +93,12 @@ def test_score_cli_reproduces_the_logprobs_recorded_at_sampling_time(unscored, t
     assert summary["total_tokens_per_s"] > 0 and summary["temperature"] == 0.7 and summary["versions"]["torch"]
 
 
-def test_score_refuses_a_wrong_temperature_rescoring_and_an_existing_output(unscored, teacher, tmp_path):
+def test_score_refuses_a_wrong_temperature_rescoring_and_an_existing_output(unscored, teacher, tmp_path, capsys):
     path, _ = unscored
     base = ["score", str(path), "--model", str(teacher), "--device", "cpu"]
-    with pytest.raises(RecordError, match=r"record 0 \(id 'q0/0'\) was sampled at temperature 0.7 but "
-                                          r"--temperature is 1.0"):
-        cli_main([*base, "--output", str(tmp_path / "a.jsonl")])
+    assert cli_main([*base, "--output", str(tmp_path / "a.jsonl")]) == 2
+    assert re.search(r"pear-bench score: error: .*record 0 \(id 'q0/0'\) was sampled at temperature 0.7 but "
+                     r"--temperature is 1.0", capsys.readouterr().err)
     assert not (tmp_path / "a.jsonl").exists()
 
     scored = tmp_path / "scored.jsonl"
@@ -106,20 +107,20 @@ def test_score_refuses_a_wrong_temperature_rescoring_and_an_existing_output(unsc
         cli_main([*base, "--output", str(scored), "--temperature", "0.7"])
     again = ["score", str(scored), "--model", str(teacher), "--temperature", "0.7",
              "--output", str(tmp_path / "b.jsonl")]
-    with pytest.raises(RecordError, match=r"12 records already have behavior_logprobs \(first: record 0, id 'q0/0'\); "
-                                          r"pass --rescore"):
-        cli_main(again)
+    assert cli_main(again) == 2
+    assert re.search(r"12 records already have behavior_logprobs \(first: record 0, id 'q0/0'\); pass --rescore",
+                     capsys.readouterr().err)
     assert cli_main([*again, "--rescore"]) == 0
     np.testing.assert_allclose(np.concatenate(load_records(tmp_path / "b.jsonl")["behavior_logprobs"]),
                                np.concatenate(load_records(scored)["behavior_logprobs"]), rtol=0, atol=1e-6)
 
 
-def test_token_ids_outside_the_models_vocabulary_name_the_record(teacher, tmp_path):
+def test_token_ids_outside_the_models_vocabulary_name_the_record(teacher, tmp_path, capsys):
     path = save_records([{"id": "ok", "prompt_ids": [1, 2], "response_ids": [3]},
                          {"id": "bad", "prompt_ids": [1, 2], "response_ids": [3, 10_000]}],
                         tmp_path / "t.jsonl", require_logprobs=False)
-    with pytest.raises(RecordError, match=r"record 1 \(id 'bad'\): response_ids has a token id outside the vocabulary"):
-        cli_main(["score", str(path), "--model", str(teacher), "--output", str(tmp_path / "o.jsonl")])
+    assert cli_main(["score", str(path), "--model", str(teacher), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "record 1 (id 'bad'): response_ids has a token id outside the vocabulary" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -204,3 +204,17 @@ def test_tables_write_no_partial_files(tmp_path):
     written = write_tables(df, tmp_path)
     assert all(p.stat().st_size > 0 for p in written)
     assert not [p for p in (tmp_path / "tables").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_tables_show_the_pass_at_k_the_metrics_hold(tmp_path):
+    # The golden data with pass@8 relabelled pass@4 (k 4): with no --show, the tables follow the data.
+    lines = (GOLDEN / "metrics.csv").read_text().splitlines()
+    relabelled = [lines[0]] + [line.replace(",8,pass@8,", ",4,pass@4,").replace(",8,avg@8,", ",4,avg@4,")
+                               for line in lines[1:]]
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("\n".join(relabelled) + "\n")
+    assert cli.main(["tables", "--from-csv", str(csv), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    main = (tmp_path / "out" / "tables" / "main.md").read_text()
+    header = next(line for line in main.splitlines() if line.startswith("| method"))
+    assert header.count("pass@4") == 2 * 2 and header.count("pass@1") == 2 * 2  # 2 tasks x post-SFT/post-RL
+    assert "pass@8" not in main

@@ -3,6 +3,7 @@ of its grid with its GPU request under the SLURM profile, and bad configs fail b
 
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 
@@ -108,3 +109,21 @@ def test_committed_results_do_not_shadow_the_grid(tmp_path):
     out = dry_run("--cores", "1", "--directory", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert job_counts(out.stdout) == expected_counts(yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text()))
+
+
+@pytest.mark.parametrize("arguments", [
+    ["game", "chain_sum", "--seed", "0", "--train-size", "20", "--eval-size", "5", "--set", 'operators=["+","-"]'],
+    """game chain_sum --seed 0 --train-size 20 --eval-size 5 --set 'operators=["+","-"]'""",
+], ids=["list", "string"])
+def test_grid_arguments_reach_the_command_as_written(arguments, tmp_path):
+    """A JSON value inside a grid's make-data arguments survives the shell (no globbing, no lost quotes)."""
+    grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
+    grid["data"]["chain_sum"] = arguments
+    configfile = tmp_path / "quoted.yaml"
+    configfile.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(configfile), "--directory", str(tmp_path), "--printshellcmds",
+                  "results/mini/data/chain_sum")
+    assert out.returncode == 0, out.stdout + out.stderr
+    command = next(line for line in out.stdout.splitlines() if " make-data " in line)
+    words = shlex.split(command.split("&&")[1])  # what the shell hands the program
+    assert words[words.index("--set") + 1] == 'operators=["+","-"]', command
