@@ -33,6 +33,7 @@ show the verdict), 2 for bad input (no reference, unreadable CSV).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -73,9 +74,6 @@ class Cell:
             return 0.0
         return abs(self.run - self.reference)
 
-    def label(self) -> str:
-        return f"{self.file} {' '.join(f'{k}={v}' for k, v in self.key if v != '')} {self.column}"
-
 
 def cell_status(run: float | None, reference: float | None, tolerance: float) -> str:
     """``exact`` (equal, or both NaN), ``within`` (``|run - reference| <= tolerance``), ``differs``,
@@ -94,8 +92,6 @@ def cell_status(run: float | None, reference: float | None, tolerance: float) ->
 
 def _read_cells(path: Path) -> dict[tuple[tuple[str, str], str], float]:
     """``(row key, value column) -> value`` of a results CSV; the key is every non-value column."""
-    import csv
-
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -164,7 +160,7 @@ def compare(run_dir: str | Path, reference_dir: str | Path, tolerance: float = 0
     Raises:
         FileNotFoundError: ``reference_dir`` has none of ``CELL_FILES``, or the run lacks one the
             reference has (the grid has not produced its results yet).
-        ValueError: a negative tolerance, or a CSV that cannot be read as results.
+        InputError: a negative tolerance, or a CSV that cannot be read as results.
     """
     run_dir, reference_dir = Path(run_dir), Path(reference_dir)
     if not tolerance >= 0:

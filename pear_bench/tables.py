@@ -395,13 +395,13 @@ def main(args: argparse.Namespace) -> int:
         write_atomic(out / "metrics_ci.csv", metrics_csv_text(ci))
     else:
         df = read_metrics_csv(args.from_csv)
-    args.show = args.show or pass_k_metrics(df)
-    written = write_tables(df, out, args.show, args.method_order)
+    shown = args.show or pass_k_metrics(df)
+    written = write_tables(df, out, shown, args.method_order)
     if not args.no_plots:
         from pear_bench.plots import plot_sft_vs_rl, plot_weight_diagnostics, read_log_history
 
         for task in dict.fromkeys(df["task"]):
-            written.append(plot_sft_vs_rl(df, task, out / "plots" / f"sft_vs_rl_{task}.png", args.show,
+            written.append(plot_sft_vs_rl(df, task, out / "plots" / f"sft_vs_rl_{task}.png", shown,
                                           args.method_order))
         if runs:
             histories = [(label, read_log_history(path)) for label, path in runs]

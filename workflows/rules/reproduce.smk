@@ -18,6 +18,7 @@ rule reproduce:
     output:
         md="results/{grid}/reproducibility.md",
         json="results/{grid}/reproducibility.json",
+        platform="results/{grid}/platform.json",
     log:
         "logs/{grid}/reproduce.log",
     params:
