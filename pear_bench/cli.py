@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("pear_bench.trainers.grpo", "GRPO (TRL) from a checkpoint, rewarded by the project grader"),
     "make-data": ("pear_bench.problems", "write problem files: reasoning-game splits, AIME-2025, math prompts"),
     "collect": ("pear_bench.collect", "sample a behaviour model on problems, grade, keep correct: SFT data with logprobs"),
+    "transfer": ("pear_bench.token_transfer", "a teacher's SFT records for one student: its chat template, its token ids"),
     "score": ("pear_bench.score", "fill behavior_logprobs of an SFT dataset with one forward pass of the behaviour model"),
     "eval": ("pear_bench.evaluate", "k samples per problem from a checkpoint, graded: pass@k and avg@k with CIs"),
     "tables": ("pear_bench.tables", "metrics.json files -> metrics.csv, paper-layout tables (md, tex) and plots"),

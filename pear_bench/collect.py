@@ -1,6 +1,6 @@
 """`pear-bench collect`: sample a behaviour model on a task's prompts, keep the graded-correct responses.
 
-    problems (pear-bench make-data JSONL) --chat template--> prompt_ids
+    problems (pear-bench make-data JSONL) --pear_bench.prompts--> messages, prompt_ids
         --behaviour model, n samples each (pear_bench.generation)--> response_ids + behavior_logprobs
         --pear_bench.grading--> reward --keep correct (rejection sampling) or all--> SFT dataset
 
@@ -33,17 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pear_bench import prompts
 from pear_bench.atomic import write_atomic
 from pear_bench.errors import InputError
+from pear_bench.prompts import PromptSettings
 
 KEEP_MODES = ("correct", "all")
 CORRECT = 1.0  # the grader's reward for a correct response
-
-
-def chat_prompt_ids(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """The prompt as the model sees it: the chat template with the assistant turn opened, as ids."""
-    return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"])
 
 
 def parts_dir(output: str | Path) -> Path:
@@ -52,45 +48,48 @@ def parts_dir(output: str | Path) -> Path:
     return output.with_name(output.name + ".parts")
 
 
-def _grade_chunk(responses: list[str], problems: list[Mapping[str, str]]) -> list[float]:
-    """The grader's reward for each (response, problem), grading each task's problems together."""
+def _grade_chunk(responses: list[str], problems: list[Mapping[str, str]], finish_reasons: list[str]) -> list[float]:
+    """The grader's reward for each (response, problem, finish reason), grading each task's problems together."""
     from pear_bench.grading import grade_batch
 
     rewards = [0.0] * len(responses)
     for task in dict.fromkeys(p["task"] for p in problems):
         rows = [i for i, p in enumerate(problems) if p["task"] == task]
         for i, reward in zip(rows, grade_batch([responses[i] for i in rows], [problems[i] for i in rows], task,
-                                               progress=False)):
+                                               progress=False, finish_reasons=[finish_reasons[i] for i in rows])):
             rewards[i] = reward
     return rewards
 
 
-def collect_chunk(backend, problems: Sequence[Mapping[str, str]], prompt_ids: Sequence[list[int]], sampling,
-                  seed: int, keep: str,
+def collect_chunk(backend, problems: Sequence[Mapping[str, str]], messages: Sequence[list[dict]], sampling,
+                  seed: int, keep: str, prompt: PromptSettings = PromptSettings(),
                   progress: Callable[[int], None] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Sample, grade and filter one chunk of problems; return its records and counts.
 
-    Records are in problem order, then sample order; with ``keep="correct"`` only those with reward
-    1.0 remain. Counts cover every sample, kept or not. ``progress`` goes to ``backend.sample``.
+    ``messages[i]`` is problem i's prompt (``pear_bench.prompts.problem_messages``). Records are in
+    problem order, then sample order; with ``keep="correct"`` only those with reward 1.0 remain (a
+    response cut at the length limit never has it). Counts cover every sample, kept or not.
+    ``progress`` goes to ``backend.sample``.
     """
     start = time.perf_counter()
+    prompt_ids = [prompts.prompt_ids(backend.tokenizer, m, prompt) for m in messages]
     groups = backend.sample(prompt_ids, sampling, seed, progress)
     sample_seconds = time.perf_counter() - start
-    flat = [(problem, ids, k, s) for problem, ids, group in zip(problems, prompt_ids, groups)
+    flat = [(problem, m, ids, k, s) for problem, m, ids, group in zip(problems, messages, prompt_ids, groups)
             for k, s in enumerate(group)]
-    responses = [backend.tokenizer.decode(s.response_ids, skip_special_tokens=True) for _, _, _, s in flat]
-    rewards = _grade_chunk(responses, [problem for problem, _, _, _ in flat])
+    responses = [backend.tokenizer.decode(s.response_ids, skip_special_tokens=True) for *_, s in flat]
+    rewards = _grade_chunk(responses, [problem for problem, *_ in flat], [s.finish_reason for *_, s in flat])
     records = []
-    for (problem, ids, k, s), response, reward in zip(flat, responses, rewards):
+    for (problem, m, ids, k, s), response, reward in zip(flat, responses, rewards):
         if keep == "all" or reward == CORRECT:
             records.append({
                 "id": f"{problem['id']}/{k}", "task": problem["task"], "prompt_id": problem["id"], "sample_index": k,
-                "messages": [{"role": "user", "content": problem["prompt"]}], "prompt_ids": ids,
+                "messages": m, "prompt_ids": ids,
                 "response_ids": s.response_ids, "response": response, "behavior_logprobs": s.logprobs,
                 "behavior_model": backend.model_id, "sampling": sampling.to_record(backend.name), "seed": seed,
                 "finish_reason": s.finish_reason, "reward": reward,
             })
-    samples = [s for _, _, _, s in flat]
+    samples = [s for *_, s in flat]
     counts = {
         "prompts": len(problems), "samples": len(samples), "correct": sum(r == CORRECT for r in rewards),
         "kept": len(records), "response_tokens": sum(len(s.response_ids) for s in samples),
@@ -103,7 +102,7 @@ def collect_chunk(backend, problems: Sequence[Mapping[str, str]], prompt_ids: Se
 
 def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, sampling, *, seed: int = 0,
             keep: str = "correct", chunk_size: int = 64, overwrite: bool = False, settings: Mapping | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            prompt: PromptSettings = PromptSettings(), check_records: int = 8, progress: bool = True) -> dict[str, Any]:
     """Collect an SFT dataset from ``backend`` on ``problems`` into ``output``; resume if interrupted.
 
     Args:
@@ -117,6 +116,8 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         overwrite: replace ``output`` if it exists.
         settings: further settings that change the samples (e.g. the backend's dtype and batch
             size), checked on resume and recorded in the summary.
+        prompt: system prompt and thinking switch (``pear_bench.prompts``).
+        check_records: re-score this many kept records with the same model (``check_logprobs``).
         progress: show a tqdm bar over samples.
 
     Returns:
@@ -124,15 +125,17 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
 
     Raises:
         FileExistsError: ``output`` exists and ``overwrite`` is False.
-        ValueError: bad ``keep``/``chunk_size``, duplicate problem ids, or an unfinished collection in
-            the parts directory made with different settings.
+        InputError: bad ``keep``/``chunk_size``, duplicate problem ids, an unfinished collection in
+            the parts directory made with different settings, or no record kept (nothing to train
+            on: the message gives the acceptance figures and what to change; nothing is written).
     """
     from tqdm.auto import tqdm
 
     from pear_bench.config import package_versions
-    from pear_bench.data import empty_dataset, load_records, save_records, summary_path
+    from pear_bench.data import load_records, save_records, summary_path
     from pear_bench.problems import check_unique_ids
     from pear_bench.generation import derive_seed
+    from pear_bench.prompts import problem_messages
 
     output = Path(output)
     if keep not in KEEP_MODES:
@@ -147,7 +150,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
 
     run = {
         "model": backend.model_id, "backend": backend.name, "sampling": sampling.to_record(backend.name),
-        "seed": seed, "keep": keep, "chunk_size": chunk_size, "problems": len(problems),
+        "seed": seed, "keep": keep, "chunk_size": chunk_size, "prompt": prompt.to_record(), "problems": len(problems),
         "problems_sha256": hashlib.sha256(json.dumps(list(problems), sort_keys=True).encode()).hexdigest(),
         **dict(settings or {}),
     }
@@ -179,12 +182,11 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
         if c in resumed:
             continue
         chunk_problems = [problems[i] for i in rows]
-        prompt_ids = [chat_prompt_ids(backend.tokenizer, [{"role": "user", "content": p["prompt"]}])
-                      for p in chunk_problems]
+        messages = [problem_messages(p, prompt) for p in chunk_problems]
         # A records file without its counts is left by an interrupted attempt at this chunk: drop it.
         records_files[c].unlink(missing_ok=True)
-        records, counts = collect_chunk(backend, chunk_problems, prompt_ids, sampling, derive_seed(seed, c), keep,
-                                        bar.update)
+        records, counts = collect_chunk(backend, chunk_problems, messages, sampling, derive_seed(seed, c), keep,
+                                        prompt, bar.update)
         if records:
             save_records(records, records_files[c])
         write_atomic(counts_files[c], json.dumps(counts) + "\n")
@@ -196,14 +198,18 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
     for path in counts_files:
         for key, value in json.loads(path.read_text()).items():
             totals[key] = totals.get(key, 0) + value
-    kept_files = [path for path in records_files if path.exists()]
-    dataset = load_records(kept_files) if kept_files else empty_dataset()
+    if totals["kept"] == 0:
+        shutil.rmtree(parts)  # a rerun with other settings starts afresh
+        raise InputError(nothing_kept_message(totals, sampling))
+    dataset = load_records([path for path in records_files if path.exists()])
+    logprob_check = check_logprobs(backend, dataset, sampling, check_records)
     save_records(dataset, output, overwrite=overwrite)
     summary = {
         "output": str(output), **run,
         **totals, "acceptance_rate": totals["correct"] / totals["samples"],
         "response_tokens_per_s": totals["response_tokens"] / totals["sample_seconds"],
-        "chunks": len(chunks), "resumed_chunks": len(resumed), "wall_seconds": time.perf_counter() - wall_start,
+        "chunks": len(chunks), "resumed_chunks": len(resumed), "logprob_check": logprob_check,
+        "wall_seconds": time.perf_counter() - wall_start,
         "versions": package_versions(),
     }
     write_atomic(summary_path(output), json.dumps(summary) + "\n")  # last: a workflow takes the summary as the done marker
@@ -211,8 +217,40 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
     return summary
 
 
+def check_logprobs(backend, dataset, sampling, records: int) -> dict[str, Any] | None:
+    """Recorded-versus-rescored logprobs on ``records`` kept records, evenly spread: the backend scores
+    their exact ids in one forward pass (``pear_bench.score.logprob_differences``).
+
+    In float32 the two agree to ~1e-5; a bf16 run shows how far its recorded logprobs are from a
+    forward pass of the same weights (up to ~0.4 with vLLM), which is what ``collect.rescore`` fixes.
+    Returns None when ``records`` is 0; ``{"skipped": why}`` when the backend cannot score at the
+    sampling temperature (vLLM scores at 1 only).
+    """
+    from pear_bench.score import logprob_differences
+
+    if records <= 0 or len(dataset) == 0:
+        return None
+    rows = sorted({round(i * (len(dataset) - 1) / max(records - 1, 1)) for i in range(min(records, len(dataset)))})
+    sample = dataset.select(rows)
+    try:
+        scores = backend.score(list(sample["prompt_ids"]), list(sample["response_ids"]), sampling.temperature)
+    except InputError as exc:
+        return {"skipped": str(exc)}
+    return logprob_differences(sample["behavior_logprobs"], scores)
+
+
+def nothing_kept_message(totals: Mapping[str, float], sampling) -> str:
+    """Why a collection that kept no record stops here, with its figures and what to change."""
+    return (f"kept 0 of {totals['samples']:.0f} samples ({totals['prompts']:.0f} prompts x {sampling.n}): "
+            f"{totals['correct']:.0f} correct, {totals['truncated']:.0f} cut at --max-new-tokens "
+            f"{sampling.max_new_tokens}, acceptance 0.000, so there is nothing to train on. Raise --n or "
+            f"--max-new-tokens, lower --temperature (now {sampling.temperature}), make the problems easier, or "
+            "use a stronger teacher (its pass@1 on these problems, from pear-bench eval, is the acceptance to expect)")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from pear_bench.generation import add_backend_arguments
+    from pear_bench.prompts import add_prompt_arguments
 
     parser.add_argument("--problems", required=True, nargs="+",
                         help="problem files written by `pear-bench make-data` (JSONL records)")
@@ -228,15 +266,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="correct: rejection sampling, keep reward 1.0 only (default); all: keep every sample")
     parser.add_argument("--limit", type=int, default=None, help="use only the first LIMIT problems")
     parser.add_argument("--chunk-size", type=int, default=64, help="prompts per resumable chunk (default 64)")
+    parser.add_argument("--check-logprobs", type=int, default=8, metavar="N",
+                        help="re-score N kept records and report recorded-vs-rescored differences (default 8; 0: off)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="hf backend: sequences (prompts x n) per generate call (default 64)")
+    add_prompt_arguments(parser)
     add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     from pear_bench.generation import SamplingConfig, backend_options, load_backend
     from pear_bench.problems import read_problems
+    from pear_bench.prompts import prompt_settings
 
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                               top_p=args.top_p, top_k=args.top_k)
@@ -250,9 +292,14 @@ def main(args: argparse.Namespace) -> int:
         settings["device"] = str(backend.device)
     try:
         summary = collect(backend, problems, args.output, sampling, seed=args.seed, keep=args.keep,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite, settings=settings)
+                          chunk_size=args.chunk_size, overwrite=args.overwrite, settings=settings,
+                          prompt=prompt_settings(args), check_records=args.check_logprobs)
     finally:
         backend.close()
+    check = summary["logprob_check"]
+    if check and "max_abs" in check:
+        print(f"logprobs of {check['records']} kept records re-scored by the same model: max |diff| "
+              f"{check['max_abs']:.3g}, mean {check['mean_abs']:.3g}")
     print(f"{summary['prompts']} prompts, {summary['samples']} samples, {summary['correct']} correct "
           f"(acceptance {summary['acceptance_rate']:.3f}), {summary['kept']} kept, {summary['kept_tokens']} tokens "
           f"kept, {summary['truncated']} truncated, {summary['seconds']:.1f} s "

@@ -213,6 +213,9 @@ class SFTConfig(TrainingSettings):
     iw_temperature: float = _field(1.0, "iw-SFT: weight = exp(iw_temperature * mean_t log-ratio)", check=_POSITIVE)
     iw_weight_max: float = _field(16.0, "iw-SFT: upper clip of the sequence weight", check=_POSITIVE)
     # > Batching
+    policy_temperature: float = _field(1.0, "temperature pi_theta is evaluated at in the loss: log softmax(logits / "
+                                            "T); a grid sets it to rl.temperature, the temperature RL samples at",
+                                       check=_POSITIVE)
     max_length: int | None = _field(None, "drop records with more prompt + response tokens (null: keep all; "
                                           "records are never truncated)", check=(lambda v: v >= 2, "must be >= 2"))
     padding_side: str = _field("right", "where padding goes in a batch", choices=("right", "left"))
@@ -292,6 +295,10 @@ class RLConfig(TrainingSettings):
     num_prompts: int | None = _field(None, "use the first N problems (null: all)", check=_AT_LEAST_ONE)
     format_reward_weight: float = _field(0.0, "weight of a reward of 1 for a response whose final answer can be "
                                               "extracted (0: correctness only)", check=_NON_NEGATIVE)
+    system_prompt: str | None = _field(None, "system message of every prompt (null: none, the chat template's "
+                                             "default); pear_bench.prompts, as in collect, SFT data and eval")
+    enable_thinking: bool | None = _field(None, "the chat template's thinking switch (Qwen3; null: the template's "
+                                                "default)")
     # > Generation
     num_generations: int = _field(8, "completions per prompt (the GRPO group size G)",
                                   check=(lambda v: v >= 2, "must be >= 2 (a group needs a spread)"))

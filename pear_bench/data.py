@@ -79,7 +79,8 @@ class RecordError(InputError):
     """Records that violate the SFT data contract; the message names each record and what is wrong."""
 
 
-def _format(path: str | Path) -> str:
+def file_format(path: str | Path) -> str:
+    """``datasets``' loader name for a dataset file: "json" for .jsonl, "parquet" for .parquet."""
     suffix = Path(path).suffix
     if suffix not in FORMATS:
         raise InputError(f"unsupported dataset file {str(path)!r}: the suffix must be one of {sorted(FORMATS)}")
@@ -206,13 +207,20 @@ def load_records(path: str | Path | Sequence[str | Path], vocab_size: int | None
             ``validate_records``).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    formats = {_format(p) for p in paths}
+    formats = {file_format(p) for p in paths}
     if len(formats) != 1:
         raise InputError(f"load_records: one format at a time; got files {[str(p) for p in paths]}")
     fmt = formats.pop()
     # `datasets` cannot load a file without records (no schema to infer, or "no data"): skip those.
     paths = [p for p in paths if (Path(p).stat().st_size > 0 if fmt == "json" else pq.read_metadata(p).num_rows > 0)]
     ds = _conform(load_dataset(fmt, data_files=[str(p) for p in paths], split="train")) if paths else empty_dataset()
+    validate_records(ds, vocab_size=vocab_size, require_logprobs=require_logprobs)
+    return ds
+
+
+def records_dataset(records: Sequence[dict], vocab_size: int | None = None, require_logprobs: bool = True) -> Dataset:
+    """In-memory records as a dataset conformed to ``FEATURES`` and validated (as ``load_records`` does a file)."""
+    ds = _conform(Dataset.from_list(list(records)))
     validate_records(ds, vocab_size=vocab_size, require_logprobs=require_logprobs)
     return ds
 
@@ -244,7 +252,7 @@ def save_records(
         RecordError: see ``validate_records`` (nothing is written).
     """
     path = Path(path)
-    fmt = _format(path)
+    fmt = file_format(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     ds = records if isinstance(records, Dataset) else Dataset.from_list(list(records))

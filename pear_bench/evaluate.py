@@ -1,6 +1,6 @@
 """`pear-bench eval`: k samples per problem from one checkpoint, graded, reduced to pass@k with CIs.
 
-    problems (pear-bench make-data JSONL, one task) --chat template--> prompt_ids
+    problems (pear-bench make-data JSONL, one task) --pear_bench.prompts--> prompt_ids
         --checkpoint, K samples each (pear_bench.generation, n=K per request)--> responses
         --pear_bench.grading.grade_batch (the one grader)--> correct flags
         --pear_bench.metrics--> pass@k, avg@K per problem --mean over problems, bootstrap CI--> metrics.json
@@ -48,6 +48,7 @@ from typing import Any
 
 from pear_bench.atomic import write_atomic
 from pear_bench.errors import InputError
+from pear_bench.prompts import PromptSettings
 
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
@@ -132,15 +133,16 @@ def file_sha256(path: str | Path) -> str:
 
 
 def sample_responses(backend, problems: Sequence[Mapping[str, str]], sampling, seed: int, *, chunk_size: int = 256,
-                     progress: bool = True) -> list[dict[str, Any]]:
+                     prompt: PromptSettings = PromptSettings(), progress: bool = True) -> list[dict[str, Any]]:
     """``sampling.n`` responses per problem: rows of ``samples.jsonl`` without the grading fields.
 
-    Chunk ``c`` of ``chunk_size`` prompts is one ``backend.sample`` call seeded ``derive_seed(seed, c)``.
+    Chunk ``c`` of ``chunk_size`` prompts is one ``backend.sample`` call seeded ``derive_seed(seed, c)``;
+    prompts come from ``pear_bench.prompts`` with ``prompt``'s settings.
     """
     from tqdm.auto import tqdm
 
-    from pear_bench.collect import chat_prompt_ids
     from pear_bench.generation import derive_seed
+    from pear_bench.prompts import problem_prompt_ids
 
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1; got {chunk_size}")
@@ -151,7 +153,7 @@ def sample_responses(backend, problems: Sequence[Mapping[str, str]], sampling, s
               disable=not progress) as bar:
         for c, start in enumerate(range(0, len(problems), chunk_size)):
             chunk = problems[start:start + chunk_size]
-            prompt_ids = [chat_prompt_ids(backend.tokenizer, [{"role": "user", "content": p["prompt"]}]) for p in chunk]
+            prompt_ids = [problem_prompt_ids(backend.tokenizer, p, prompt) for p in chunk]
             for problem, group in zip(chunk, backend.sample(prompt_ids, sampling, derive_seed(seed, c), bar.update)):
                 for index, s in enumerate(group):
                     rows.append({
@@ -164,12 +166,15 @@ def sample_responses(backend, problems: Sequence[Mapping[str, str]], sampling, s
 
 def grade_responses(rows: Sequence[dict[str, Any]], problems: Sequence[Mapping[str, str]], task: str, *,
                     progress: bool = True) -> list[dict[str, Any]]:
-    """``rows`` with ``extracted_answer`` and ``correct`` (grader reward == 1.0), in the row order."""
+    """``rows`` with ``extracted_answer`` and ``correct`` (grader reward == 1.0), in the row order.
+
+    A row cut at the length limit (``finish_reason`` "length") is not correct, whatever it says.
+    """
     from pear_bench.grading import extract_answer, grade_batch
 
     by_id = {p["id"]: p for p in problems}
     rewards = grade_batch([r["response"] for r in rows], [by_id[r["problem_id"]] for r in rows], task,
-                          progress=progress)
+                          progress=progress, finish_reasons=[r["finish_reason"] for r in rows])
     return [{"problem_id": r["problem_id"], "task": r["task"], "sample_index": r["sample_index"],
              "response": r["response"], "extracted_answer": extract_answer(r["response"], task),
              "reference_answer": by_id[r["problem_id"]]["answer"], "correct": reward == CORRECT, "finish_reason": r["finish_reason"],
@@ -210,7 +215,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
              ks: Sequence[int] | None = None, seed: int = 0, labels: Mapping[str, str] | None = None,
              problems_file: str | Path | None = None, limit: int | None = None,
              settings: Mapping[str, Any] | None = None, chunk_size: int = 256, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             prompt: PromptSettings = PromptSettings(), progress: bool = True) -> dict[str, Any]:
     """Sample ``sampling.n`` responses per problem, grade them, write ``samples.jsonl`` and ``metrics.json``.
 
     Args:
@@ -226,6 +231,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
         settings: further settings that change the samples (backend dtype, device, batch size, ...).
         chunk_size: prompts per ``backend.sample`` call.
         overwrite: replace an existing evaluation in ``output``.
+        prompt: system prompt and thinking switch (``pear_bench.prompts``; recorded).
         progress: tqdm bars for sampling and grading.
 
     Returns:
@@ -258,7 +264,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
     ks = check_ks(ks, sampling.n)
     check_unique_ids(problems)
 
-    rows = sample_responses(backend, problems, sampling, seed, chunk_size=chunk_size, progress=progress)
+    rows = sample_responses(backend, problems, sampling, seed, chunk_size=chunk_size, prompt=prompt, progress=progress)
     sample_seconds = time.perf_counter() - start
     rows = grade_responses(rows, problems, task, progress=progress)
     grade_seconds = time.perf_counter() - start - sample_seconds
@@ -278,6 +284,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
         "ci": {"method": "percentile bootstrap over problems", "confidence": CONFIDENCE,
                "n_resamples": N_RESAMPLES, "seed": BOOTSTRAP_SEED},
         "sampling": {**sampling.to_record(backend.name), "chunk_size": chunk_size, **dict(settings or {})},
+        "prompt": prompt.to_record(),
         "responses": {"truncated": sum(r["finish_reason"] == "length" for r in rows),
                       "mean_tokens": sum(r["response_tokens"] for r in rows) / len(rows)},
         "seed": seed,
@@ -305,6 +312,7 @@ def summary_line(result: Mapping[str, Any], output: str | Path) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from pear_bench.generation import add_backend_arguments
+    from pear_bench.prompts import add_prompt_arguments
 
     parser.add_argument("--model", required=True, help="checkpoint to evaluate: hub id or local path")
     parser.add_argument("--problems", required=True,
@@ -325,12 +333,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64,
                         help="hf backend: sequences (prompts x K) per generate call (default 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing evaluation in --output")
+    add_prompt_arguments(parser)
     add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     from pear_bench.generation import SamplingConfig, backend_options, load_backend
     from pear_bench.problems import read_problems
+    from pear_bench.prompts import prompt_settings
 
     labels = parse_labels(args.label)
     ks = check_ks(args.ks, args.samples)
@@ -348,7 +358,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = evaluate(backend, problems, args.output, sampling, ks=ks, seed=args.seed, labels=labels,
                           problems_file=args.problems, limit=args.limit, settings=settings,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite)
+                          chunk_size=args.chunk_size, overwrite=args.overwrite, prompt=prompt_settings(args))
     finally:
         backend.close()
     print(summary_line(result, args.output))

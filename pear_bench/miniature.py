@@ -190,11 +190,6 @@ def solve(problem: Mapping[str, Any], style: str, rng: random.Random, noise: flo
 # Tokenizer
 
 
-def messages_for(problem: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The chat messages the collect/eval/RL code gives a problem: one user turn holding its prompt."""
-    return [{"role": "user", "content": problem["prompt"]}]
-
-
 def tokenizer_corpus(problems: Sequence[Mapping[str, Any]], seed: int = 0, samples_per_style: int = 2) -> list[str]:
     """Texts to train the tokenizer on: each prompt, and sampled solutions in both styles.
 
@@ -233,7 +228,7 @@ def pretraining_records(tokenizer, problems: Sequence[Mapping[str, Any]], style:
     opened (exactly what collection and RL feed the model); ``response_ids`` is the solution's
     tokens followed by the end-of-turn token, where generation stops.
     """
-    from pear_bench.collect import chat_prompt_ids
+    from pear_bench.prompts import problem_messages, problem_prompt_ids
 
     if not problems:
         raise InputError("no pretraining problems (all excluded?)")
@@ -244,14 +239,14 @@ def pretraining_records(tokenizer, problems: Sequence[Mapping[str, Any]], style:
     for i in range(samples):
         problem = problems[i % len(problems)]
         if problem["id"] not in prompt_cache:
-            prompt_cache[problem["id"]] = chat_prompt_ids(tokenizer, messages_for(problem))
+            prompt_cache[problem["id"]] = problem_prompt_ids(tokenizer, problem)
         if teacher_mix and rng.random() < teacher_mix:
             response = solve(problem, "teacher", rng)
         else:
             response = solve(problem, style, rng, noise)
         records.append({
             "id": f"{problem['id']}/{i}", "task": problem["task"], "prompt_id": problem["id"],
-            "sample_index": i // len(problems), "messages": messages_for(problem),
+            "sample_index": i // len(problems), "messages": problem_messages(problem),
             "prompt_ids": prompt_cache[problem["id"]],
             "response_ids": tokenizer.encode(response, add_special_tokens=False) + [eos],
             "response": response, "behavior_model": f"procedural-{style}", "reward": 1.0 if noise == 0 else None,

@@ -13,6 +13,20 @@ its own (nothing is truncated). Sorting keeps padding low; the output keeps the 
     pear-bench score traces.jsonl --model Qwen/Qwen2.5-7B-Instruct --output traces.scored.parquet
     pear-bench score traces.jsonl --model ./teacher --temperature 0.7 --output scored.jsonl --backend vllm
 
+Text traces (JSONL or parquet without ``prompt_ids``) are tokenised first, through the prompt
+module and the model's tokenizer. Each row has the prompt as ``messages`` (chat messages) or
+``prompt`` (the user message's text; ``--system-prompt`` adds a system message), and the response as
+``response`` text or as a final assistant message in ``messages``; ``id`` and ``finish_reason``
+("stop", the default, ends the response with the model's end-of-turn token; "length" does not) are
+optional::
+
+    {"id": "a1", "prompt": "What is 2 + 3?", "response": "2 + 3 = 5. \\boxed{5}"}
+    {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]}
+
+With ``--rescore``, records that had logprobs are compared with the new ones: the summary (and the
+printed line) give the largest and mean absolute difference and the share of tokens that moved by
+more than PEAR's lower delta clip (0.08), e.g. bf16 sampling against a float32 re-score.
+
 ``--temperature`` must be the temperature the responses were sampled at (logprobs are those of
 ``softmax(logits / T)``); a record whose ``sampling.temperature`` says otherwise is an error. Records
 that carry no sampling information get ``sampling.temperature`` set to it, so the number that defines
@@ -31,6 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from pear_bench.errors import InputError
+from pear_bench.prompts import PromptSettings
+
+DELTA_CLIP = 0.08  # PEAR's lower delta clip (DESIGN.md): a logprob error beyond it changes the clip's work
 
 
 def score_responses(
@@ -122,10 +139,70 @@ def right_padded_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequen
     return input_ids, attention_mask, score_mask
 
 
+def trace_record(row: dict, index: int, tokenizer, end_of_turn: int, settings: PromptSettings) -> dict:
+    """A text trace (module docstring) as an unscored SFT record, tokenised for ``tokenizer``.
+
+    Raises:
+        InputError: a row without a prompt or a response, or with an unknown finish_reason.
+    """
+    from pear_bench.prompts import prompt_ids
+
+    where = f"trace {index}" + (f" (id {row['id']!r})" if row.get("id") is not None else "")
+    messages = [dict(m) for m in row.get("messages") or []]
+    response = row.get("response")
+    if response is None and messages and messages[-1].get("role") == "assistant":
+        response = messages.pop()["content"]
+    if not messages and isinstance(row.get("prompt"), str):
+        system = [] if settings.system_prompt is None else [{"role": "system", "content": settings.system_prompt}]
+        messages = [*system, {"role": "user", "content": row["prompt"]}]
+    if not messages:
+        raise InputError(f"{where}: no prompt (give 'messages' or 'prompt' text, or 'prompt_ids' for tokenised records)")
+    if not isinstance(response, str) or not response:
+        raise InputError(f"{where}: no response text (give 'response', or end 'messages' with an assistant message)")
+    finish = row.get("finish_reason") or "stop"
+    if finish not in ("stop", "length"):
+        raise InputError(f"{where}: finish_reason must be 'stop' or 'length'; got {finish!r}")
+    ids = tokenizer.encode(response, add_special_tokens=False) + ([end_of_turn] if finish == "stop" else [])
+    return {"id": str(row.get("id", f"trace-{index}")), "messages": messages,
+            "prompt_ids": prompt_ids(tokenizer, messages, settings), "response_ids": ids, "response": response,
+            "finish_reason": finish, "sampling": row.get("sampling")}
+
+
+def read_traces(path: str | Path, tokenizer, stop_ids: list[int], settings: PromptSettings, vocab_size: int):
+    """Records of ``path``: tokenised records as they are, text traces tokenised (``trace_record``)."""
+    import pyarrow.parquet as pq
+
+    from pear_bench.data import file_format, load_records, records_dataset
+    from pear_bench.problems import read_jsonl
+    from pear_bench.token_transfer import end_of_turn_id
+
+    fmt = file_format(path)
+    rows = read_jsonl(path) if fmt == "json" else pq.read_table(path).to_pylist()
+    if not rows or "prompt_ids" in rows[0]:
+        return load_records(path, vocab_size=vocab_size, require_logprobs=False), False
+    end_of_turn = end_of_turn_id(tokenizer, stop_ids, "--model")
+    records = [trace_record(row, i, tokenizer, end_of_turn, settings) for i, row in enumerate(rows)]
+    return records_dataset(records, vocab_size=vocab_size, require_logprobs=False), True
+
+
+def logprob_differences(recorded: Sequence[Sequence[float] | None], rescored: Sequence[np.ndarray]) -> dict | None:
+    """|rescored - recorded| over the tokens of records that had logprobs: max, mean, p99, share > 0.08."""
+    pairs = [(np.asarray(r, dtype=np.float64), np.asarray(n, dtype=np.float64))
+             for r, n in zip(recorded, rescored) if r is not None]
+    if not pairs:
+        return None
+    diff = np.abs(np.concatenate([n - r for r, n in pairs]))
+    return {"records": len(pairs), "tokens": int(diff.size), "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()), "p99_abs": float(np.quantile(diff, 0.99)),
+            f"share_above_{DELTA_CLIP}": float((diff > DELTA_CLIP).mean())}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from pear_bench.generation import add_backend_arguments
+    from pear_bench.prompts import add_prompt_arguments
 
-    parser.add_argument("input", help="SFT dataset (.jsonl or .parquet) with prompt_ids and response_ids")
+    parser.add_argument("input", help="SFT dataset (.jsonl or .parquet) with prompt_ids and response_ids, or text "
+                                      "traces (messages or prompt, plus response) to tokenise first")
     parser.add_argument("--model", required=True, help="behaviour model: hub id or local path")
     parser.add_argument("--output", required=True, help="scored dataset to write (.jsonl or .parquet)")
     parser.add_argument("--temperature", type=float, default=1.0,
@@ -135,6 +212,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rescore", action="store_true",
                         help="replace behavior_logprobs that records already have (default: refuse)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    add_prompt_arguments(parser)  # for text traces
     add_backend_arguments(parser)  # hf: the chunked primitive (default); vllm: prompt_logprobs (temperature 1)
 
 
@@ -142,16 +220,18 @@ def main(args: argparse.Namespace) -> int:
     from pear_bench.config import package_versions
     from pear_bench.data import RecordError, load_records, save_records, summary_path
     from pear_bench.generation import backend_options, load_backend
+    from pear_bench.prompts import prompt_settings
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
-        raise SystemExit(f"{output} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     options = backend_options(args)
     if args.backend == "hf":
         options["max_batch_tokens"] = args.max_batch_tokens
     backend = load_backend(args.backend, args.model, **options)
     try:
-        ds = load_records(args.input, vocab_size=len(backend.tokenizer), require_logprobs=False)
+        ds, from_text = read_traces(args.input, backend.tokenizer, backend.eos_token_ids, prompt_settings(args),
+                                    len(backend.tokenizer))
         scored = [i for i, lp in enumerate(ds["behavior_logprobs"]) if lp is not None]
         if scored and not args.rescore:
             raise RecordError(f"{len(scored)} records already have behavior_logprobs (first: record {scored[0]}, "
@@ -168,6 +248,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         backend.close()
 
+    differences = logprob_differences(ds["behavior_logprobs"], logprobs)
+
     def fill(record: dict, index: int) -> dict:
         sampling = record["sampling"] or dict.fromkeys(("backend", "n", "top_p", "top_k", "max_new_tokens"))
         return {"behavior_logprobs": logprobs[index], "behavior_model": args.model,
@@ -178,11 +260,15 @@ def main(args: argparse.Namespace) -> int:
     total_tokens = sum(len(p) for p in ds["prompt_ids"]) + n_tokens
     summary = {
         "input": str(args.input), "output": str(output), "model": args.model, "backend": args.backend,
-        "dtype": args.dtype, "temperature": args.temperature, "records": len(ds), "response_tokens": n_tokens,
+        "dtype": args.dtype, "temperature": args.temperature, "records": len(ds), "from_text": from_text,
+        "rescored_vs_recorded": differences, "response_tokens": n_tokens,
         "total_tokens": total_tokens, "seconds": seconds, "response_tokens_per_s": n_tokens / seconds,
         "total_tokens_per_s": total_tokens / seconds, "versions": package_versions(),
     }
     summary_path(output).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"scored {len(ds)} records, {n_tokens} response tokens ({total_tokens} in all) in {seconds:.2f} s: "
-          f"{total_tokens / seconds:,.0f} tokens/s -> {output}")
+    moved = "" if differences is None else (
+        f"; against the recorded logprobs: max |diff| {differences['max_abs']:.3g}, mean {differences['mean_abs']:.3g}, "
+        f"{differences[f'share_above_{DELTA_CLIP}']:.2%} of tokens beyond {DELTA_CLIP}")
+    print(f"scored {len(ds)} records{' (tokenised from text)' if from_text else ''}, {n_tokens} response tokens "
+          f"({total_tokens} in all) in {seconds:.2f} s: {total_tokens / seconds:,.0f} tokens/s{moved} -> {output}")
     return 0

@@ -20,8 +20,10 @@ import torch
 from conftest import TEACHER_ANSWERS, reference_logprobs
 from transformers import AutoModelForCausalLM
 
-from pear_bench.collect import chat_prompt_ids, collect, parts_dir
+from pear_bench.collect import collect, parts_dir
+from pear_bench.prompts import prompt_ids as chat_prompt_ids
 from pear_bench.data import load_records, summary_path
+from pear_bench.errors import InputError
 from pear_bench.generation import SamplingConfig, load_backend
 from pear_bench.grading import grade
 from pear_bench.problems import game_splits, write_problems
@@ -65,7 +67,7 @@ def test_keep_all_records_the_graders_reward_and_the_exact_logprobs(keep_all, pr
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     for r in records:
         problem = by_id[r["prompt_id"]]
-        messages = [{"role": "user", "content": problem["prompt"]}]
+        messages = [{"role": "user", "content": problem["prompt"]}]  # no system prompt by default
         assert r["messages"] == messages
         assert r["prompt_ids"] == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                 tokenize=True)["input_ids"]
@@ -138,13 +140,33 @@ def test_resuming_with_other_settings_is_refused(backend, problems, tmp_path):
         collect(backend, problems[0], output, SAMPLING, seed=1, keep="correct", chunk_size=CHUNK, progress=False)
 
 
-def test_rejecting_every_sample_writes_an_empty_valid_dataset(backend, tmp_path):
+def test_keeping_no_sample_stops_with_the_figures_and_writes_nothing(backend, tmp_path):
     splits = game_splits("chain_sum", seed=0, eval_size=40, config={"min_digits": 2, "max_digits": 2})
     hopeless = [r for r in splits["eval"] if r["answer"] not in TEACHER_ANSWERS][:3]  # the teacher says 1, 2 or 3
     output = tmp_path / "none.jsonl"
-    summary = collect(backend, hopeless, output, SAMPLING, seed=0, keep="correct", chunk_size=CHUNK, progress=False)
-    assert summary["kept"] == summary["correct"] == 0 and summary["samples"] == 3 * N
-    assert len(load_records(output)) == 0
+    with pytest.raises(InputError, match=r"kept 0 of 12 samples \(3 prompts x 4\): 0 correct, .* nothing to train "
+                                         r"on\. Raise --n or --max-new-tokens, lower --temperature \(now 1\.0\)"):
+        collect(backend, hopeless, output, SAMPLING, seed=0, keep="correct", chunk_size=CHUNK, progress=False)
+    assert not output.exists() and not summary_path(output).exists() and not parts_dir(output).exists()
+
+
+def test_a_response_cut_at_the_length_limit_is_never_correct_nor_kept(backend, problems, tmp_path):
+    """Six new tokens end the teacher's "<answer>k</answer>" just before its end-of-turn token."""
+    cut = SamplingConfig(n=N, temperature=1.0, max_new_tokens=6)
+    summary = collect(backend, problems[0], tmp_path / "cut.jsonl", cut, seed=0, keep="all", chunk_size=CHUNK,
+                      progress=False)
+    records = load_records(tmp_path / "cut.jsonl").to_list()
+    by_id = {p["id"]: p for p in problems[0]}
+    cut_right = [r for r in records if r["finish_reason"] == "length"
+                 and grade(r["response"], by_id[r["prompt_id"]], "chain_sum") == 1.0]
+    assert cut_right, "some cut responses should read as right answers, or this test shows nothing"
+    assert all(r["reward"] == 0.0 for r in cut_right)
+    assert all(r["reward"] == grade(r["response"], by_id[r["prompt_id"]], "chain_sum")
+               for r in records if r["finish_reason"] == "stop")
+    kept = collect(backend, problems[0], tmp_path / "cut-correct.jsonl", cut, seed=0, keep="correct",
+                   chunk_size=CHUNK, progress=False) if summary["correct"] else None
+    if kept is not None:
+        assert all(r["finish_reason"] == "stop" for r in load_records(tmp_path / "cut-correct.jsonl").to_list())
 
 
 def test_an_existing_dataset_is_not_overwritten(keep_all, backend, problems):

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from pear_bench import cli
-from pear_bench.collect import chat_prompt_ids
+from pear_bench.prompts import prompt_ids as chat_prompt_ids
 from pear_bench.atomic import write_atomic
 from pear_bench.evaluate import evaluate, parse_labels, single_task
 from pear_bench.generation import SamplingConfig, load_backend

@@ -22,7 +22,7 @@ import torch
 from conftest import TEACHER_QUESTIONS, reference_logprobs
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pear_bench.collect import chat_prompt_ids
+from pear_bench.prompts import prompt_ids as chat_prompt_ids
 from pear_bench.data import load_records
 from pear_bench.generation import SamplingConfig, load_backend
 from pear_bench.grading import grade

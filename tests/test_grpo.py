@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 import pear_bench.grading
 from pear_bench.config import RUN_RECORD, build_config
 from pear_bench.problems import make_record, write_problems
-from pear_bench.trainers.grpo import correctness_reward, format_reward, grpo_config, train_grpo
+from pear_bench.trainers.grpo import CorrectnessReward, format_reward, grpo_config, train_grpo
 
 
 def chat(text):
@@ -47,9 +47,21 @@ def test_correctness_reward_is_the_project_grader(monkeypatch):
     records = [game, game, game, math, math]
     completions = [chat("5 + 4 = 9, 9 - 7 = 2. <answer>2</answer>"), chat("<answer>3</answer>"), chat("2"),
                    chat("So the answer is \\boxed{\\frac{1}{2}}."), chat("\\boxed{2}")]
-    rewards = correctness_reward(completions, **columns(records), trainer_state=None)
+    ended = [[5, 9], [9], [9], [5, 5, 9], [9]]  # every completion ends on the stop id 9
+    rewards = CorrectnessReward([9])(completions, ended, **columns(records), trainer_state=None)
     assert rewards == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert sorted(calls) == ["chain_sum", "math"]  # one grader call per task in the batch
+
+
+def test_a_completion_cut_at_the_length_limit_earns_no_reward():
+    """The same correct texts, once ending on a stop id and once cut off (last id not a stop id)."""
+    game = make_record("chain_sum-0", "chain_sum", "State the final answer: 5 + 4 - 7 =", "2")
+    math = make_record("math-0", "math", "What is 1/2 as a decimal?", "0.5")
+    records = [game, game, math, math]
+    completions = [chat("<answer>2</answer>"), chat("<answer>2</answer>"), chat("\\boxed{0.5}"), chat("\\boxed{0.5}")]
+    ids = [[4, 2], [4, 3], [7, 2], [7, 7]]
+    assert CorrectnessReward([2])(completions, ids, **columns(records)) == [1.0, 0.0, 1.0, 0.0]
+    assert CorrectnessReward([2, 3])(completions, ids, **columns(records)) == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_format_reward_checks_that_an_answer_can_be_extracted():
@@ -120,3 +132,22 @@ def test_two_runs_with_the_same_seed_get_the_same_rewards(teacher, prompts, tmp_
     assert record["generation_backend"] == "hf" and record["prompts"] == 9 and record["seed"] == 7
     assert record["grpo_config"]["loss_type"] == "grpo" and record["grpo_config"]["beta"] == 0.04
     assert (first / "checkpoint-1" / RUN_RECORD).is_file()
+
+
+def test_trl_tokenises_the_prompts_of_pear_bench_prompts(teacher, prompts, tmp_path):
+    """TRL renders the dataset's prompts itself; they must be token for token the prompts of SFT and eval."""
+    from pear_bench.problems import read_problems
+    from pear_bench.prompts import PromptSettings, problem_prompt_ids
+    from pear_bench.trainers.grpo import build_trainer
+
+    config = build_config("rl", {"model": str(teacher), "prompts": str(prompts), "output_dir": str(tmp_path),
+                                 "num_generations": 4, "per_device_train_batch_size": 8, "generation_backend": "hf",
+                                 "system_prompt": "Answer briefly.", "enable_thinking": False})
+    trainer, _ = build_trainer(config)
+    rows = trainer.train_dataset.to_list()
+    trl_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
+    settings = PromptSettings(system_prompt="Answer briefly.", enable_thinking=False)
+    ours = [problem_prompt_ids(trainer.processing_class, record, settings) for record in read_problems(prompts)]
+    assert [list(ids) for ids in trl_ids] == ours
+    assert trainer.processing_class.decode(ours[0]).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    assert trainer.args.chat_template_kwargs == {"enable_thinking": False}

@@ -15,6 +15,7 @@ import pytest
 from pear_bench import miniature
 from pear_bench.grading import grade, grade_batch
 from pear_bench.problems import make_record, write_problems
+from pear_bench.prompts import problem_messages
 
 STEP = re.compile(r"(-?\d+) ?([+-]) ?(-?\d+) ?= ?(-?\d+)")
 ANSWER = re.compile(r"<answer>(-?\d+)</answer>")
@@ -155,7 +156,7 @@ def tokenizer_dir(tmp_path_factory, problem_file):
 def test_tokenizer_round_trips_after_save_and_load(tokenizer_dir, problems, tmp_path):
     from transformers import AutoTokenizer
 
-    from pear_bench.collect import chat_prompt_ids
+    from pear_bench.prompts import prompt_ids as chat_prompt_ids
 
     record = json.loads((tokenizer_dir / miniature.BOOTSTRAP_RECORD).read_text())
     assert record["kind"] == "tokenizer" and record["versions"]["transformers"]
@@ -167,7 +168,7 @@ def test_tokenizer_round_trips_after_save_and_load(tokenizer_dir, problems, tmp_
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "again")
     rng = random.Random(5)
     for problem in problems[::7]:  # all three configs: unseen multi-digit numbers too
-        messages = miniature.messages_for(problem)
+        messages = problem_messages(problem)
         ids = chat_prompt_ids(fresh, messages)
         assert ids == chat_prompt_ids(loaded, messages) == chat_prompt_ids(reloaded, messages)
         for style in miniature.STYLES:
@@ -185,7 +186,7 @@ def test_pretraining_lowers_loss_and_saves_a_loadable_model(tokenizer_dir, probl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pear_bench.collect import chat_prompt_ids
+    from pear_bench.prompts import prompt_ids as chat_prompt_ids
 
     eval_file = tmp_path / "eval.jsonl"
     write_problems(eval_file, problems[:10])
@@ -211,7 +212,7 @@ def test_pretraining_lowers_loss_and_saves_a_loadable_model(tokenizer_dir, probl
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()  # shared ids
     eos = model.generation_config.eos_token_id
     assert tokenizer.eos_token_id in (eos if isinstance(eos, list) else [eos])  # generation stops at <|im_end|>
-    prompt = torch.tensor([chat_prompt_ids(tokenizer, miniature.messages_for(problems[0]))])
+    prompt = torch.tensor([chat_prompt_ids(tokenizer, problem_messages(problems[0]))])
     generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt.shape[1]
 

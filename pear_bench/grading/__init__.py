@@ -2,7 +2,8 @@
 
     extract_answer(response, task) -> str | None     the final answer a response gives
     math_equal(pred, gold, timeout=2.0) -> bool       LaTeX/plain answer equivalence, time-bounded
-    grade(response, doc, task, timeout=2.0) -> float  1.0 correct / 0.0 not (games: score == 1.0)
+    grade(response, doc, task, timeout=2.0, finish_reason=None) -> float
+                                                      1.0 correct / 0.0 not; never for a response cut at the limit
     grade_batch(responses, docs, task, ...)           the same over many, in parallel, with progress
 
 Modules: ``extraction`` (finding answers), ``math`` (integer fast path, math-verify + sympy),

@@ -95,14 +95,21 @@ def _collapse(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def grade(response: str, doc: Mapping[str, Any], task: str, timeout: float = 2.0) -> float:
+def grade(response: str, doc: Mapping[str, Any], task: str, timeout: float = 2.0,
+          finish_reason: str | None = None) -> float:
     """1.0 if ``response`` answers ``doc`` correctly, else 0.0 (also when no answer is found).
+
+    A response cut off by the length limit (``finish_reason == "length"``) is never correct, even if
+    it closed its ``\\boxed{}`` or ``<answer>`` before the cut: it never ended its turn, so as SFT data
+    it would teach not to stop, and as a GRPO reward it would pay for running on.
 
     Args:
         response: the model's full response text.
         doc: the problem; ``answer`` holds the reference (games: plus ``metadata``).
         task: one of ``TASKS``.
         timeout: seconds each equivalence check or game verifier may take.
+        finish_reason: how sampling ended: "stop" (an end-of-turn token), "length" (the limit), or
+            None when unknown (graded on the text alone).
 
     Raises:
         TypeError: ``response`` is not a str.
@@ -114,7 +121,7 @@ def grade(response: str, doc: Mapping[str, Any], task: str, timeout: float = 2.0
     reference = _reference_answer(doc)
     # Validate the doc before looking at the answer, so a malformed doc fails on every response.
     entry = _game_entry(doc, reference) if task in GAMES else None
-    if answer is None:
+    if answer is None or finish_reason == "length":
         return 0.0
     if task in MATH_TASKS:
         return float(math_equal(answer, reference, timeout))
@@ -137,8 +144,9 @@ def grade_batch(
     timeout: float = 2.0,
     max_workers: int | None = None,
     progress: bool = True,
+    finish_reasons: Sequence[str | None] | None = None,
 ) -> list[float]:
-    """``[grade(r, d, task, timeout) for r, d in zip(responses, docs)]``, in parallel, in order.
+    """``[grade(r, d, task, timeout, f) for r, d, f in zip(responses, docs, finish_reasons)]``, in parallel, in order.
 
     ``max_workers`` threads (default: one per CPU) each hand their sympy and game-verifier calls
     to a grading worker process of their own, so those run in parallel across processes; the
@@ -153,12 +161,16 @@ def grade_batch(
     _check_task(task)
     if len(responses) != len(docs):
         raise ValueError(f"grade_batch: {len(responses)} responses but {len(docs)} docs")
+    if finish_reasons is None:
+        finish_reasons = [None] * len(responses)
+    elif len(finish_reasons) != len(responses):
+        raise ValueError(f"grade_batch: {len(responses)} responses but {len(finish_reasons)} finish reasons")
     workers = max_workers or os.cpu_count() or 1
     size = min(128, max(1, math.ceil(len(responses) / (16 * workers))))  # >= 16 chunks per thread: balance
     chunks = [range(start, min(start + size, len(responses))) for start in range(0, len(responses), size)]
 
     def grade_chunk(indices: range) -> list[float]:
-        return [grade(responses[i], docs[i], task, timeout) for i in indices]
+        return [grade(responses[i], docs[i], task, timeout, finish_reasons[i]) for i in indices]
 
     scores: list[float] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \

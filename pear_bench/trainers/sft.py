@@ -7,7 +7,8 @@
 ``PEARSFTTrainer`` is a transformers ``Trainer`` whose one override is ``compute_loss`` (plus ``log``,
 which adds the objective's diagnostics to each logging step). The loss of a batch is:
 
-    logp, entropy = token_logprobs(model, input_ids, attention_mask, score_mask=response_mask)
+    logp, entropy = token_logprobs(model, input_ids, attention_mask, score_mask=response_mask,
+                                   temperature=policy_temperature)
     loss, metrics = objective(logp, batch, response_mask, cfg, num_tokens)      # by name, see
                                                                                 # pear_bench.sft_objectives
 Features and their costs:
@@ -128,8 +129,9 @@ class PEARSFTTrainer(Trainer):
         """
         cfg = self.sft_config
         response_mask = inputs["response_mask"]
+        # pi_theta at the temperature RL will sample it at (sft.policy_temperature; 1 by default).
         out = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], score_mask=response_mask,
-                             with_entropy=True)
+                             temperature=cfg.policy_temperature, with_entropy=True)
         use_count = num_items_in_batch is not None and cfg.normaliser == "token"
         loss, metrics = self.objective.fn(out.logprobs, inputs, response_mask, cfg,
                                           num_items_in_batch if use_count else None)

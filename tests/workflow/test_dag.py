@@ -33,6 +33,7 @@ def expected_counts(grid: dict) -> dict[str, int]:
     counts = {
         "make_data": len(grid["data"]),
         "collect": len(tasks),
+        "transfer": len(students) * len(tasks),
         "sft": len(students) * len(tasks) * len(arms),
         "rl": len(students) * len(tasks) * len(arms) * len(seeds),
         "evaluate": bases + len(students) * len(tasks) * len(arms) * (1 + len(seeds)),
@@ -43,6 +44,8 @@ def expected_counts(grid: dict) -> dict[str, int]:
         counts.update(bootstrap_tokenizer=1, bootstrap_model=len(bootstrapped))
     if grid.get("reference"):
         counts["reproduce"] = 1
+    if grid["collect"].get("rescore") is not None:
+        counts["rescore"] = len(tasks)
     counts["total"] = sum(counts.values())
     return counts
 

@@ -1,5 +1,8 @@
 # The SFT data: the task's teacher samples its training prompts with token logprobs; the grader keeps
-# the correct responses (pear-bench collect; resumable after an interruption).
+# the correct responses (pear-bench collect; resumable after an interruption). Grids that sample in
+# bf16 re-score the kept records in float32 (collect.rescore, pear-bench score). Then each student
+# gets the records in its own chat template and token ids (pear-bench transfer), re-scored by the
+# teacher where a response had to be re-tokenised.
 
 
 rule collect:
@@ -8,7 +11,7 @@ rule collect:
         lambda wc: model_input(config["tasks"][wc.task]["teacher"]),
     output:
         # Written last, after the dataset next to it: the marker that the collection finished.
-        summary="results/{grid}/sft_data/{task}.summary.json",
+        summary="results/{grid}/sft_data/{task}/collected.summary.json",
     log:
         "logs/{grid}/collect/{task}.log",
     benchmark:
@@ -18,7 +21,9 @@ rule collect:
         teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
         settings=lambda wc: (f"--n {config['collect']['n']} --temperature {config['collect']['temperature']}"
                              f" --max-new-tokens {config['collect']['max_new_tokens']} --keep {config['collect']['keep']}"
-                             f" --seed {config['collect']['seed']} {cli_args(config['collect'].get('args', ''))}"),
+                             f" --seed {config['collect']['seed']} {prompt_args()}"
+                             f" {cli_args(config['collect'].get('args', ''))}"),
+        output=lambda wc: collected_data(wc.task),
     threads: RESOURCES["collect"]["threads"]
     resources:
         gpu=RESOURCES["collect"]["gpu"],
@@ -26,4 +31,55 @@ rule collect:
         runtime=RESOURCES["collect"]["runtime"],
     shell:
         "{LAUNCH[collect]} collect --problems {params.problems:q} --model {params.teacher:q}"
-        " {params.settings} --output results/{wildcards.grid}/sft_data/{wildcards.task}.parquet --overwrite > {log} 2>&1"
+        " {params.settings} --output {params.output} --overwrite > {log} 2>&1"
+
+
+rule rescore:
+    input:
+        "results/{grid}/sft_data/{task}/collected.summary.json",
+        lambda wc: model_input(config["tasks"][wc.task]["teacher"]),
+    output:
+        "results/{grid}/sft_data/{task}/rescored.summary.json",
+    log:
+        "logs/{grid}/rescore/{task}.log",
+    benchmark:
+        "benchmarks/{grid}/rescore/{task}.tsv"
+    params:
+        teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
+        data=lambda wc: collected_data(wc.task),
+        output=lambda wc: teacher_data(wc.task),
+        args=cli_args(config["collect"].get("rescore")),
+        temperature=config["collect"]["temperature"],
+    threads: RESOURCES["rescore"]["threads"]
+    resources:
+        gpu=RESOURCES["rescore"]["gpu"],
+        mem_mb=RESOURCES["rescore"]["mem_mb"],
+        runtime=RESOURCES["rescore"]["runtime"],
+    shell:
+        "{LAUNCH[rescore]} score {params.data} --model {params.teacher:q} --temperature {params.temperature}"
+        " --rescore {params.args} --output {params.output} --overwrite > {log} 2>&1"
+
+
+rule transfer:
+    input:
+        lambda wc: summary_of(teacher_data(wc.task)),
+        lambda wc: model_input(config["tasks"][wc.task]["teacher"]),
+        lambda wc: model_input(wc.model),
+    output:
+        "results/{grid}/sft_data/{task}/students/{model}.summary.json",
+    log:
+        "logs/{grid}/transfer/{task}/{model}.log",
+    params:
+        teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
+        student=lambda wc: model_path(wc.model),
+        data=lambda wc: teacher_data(wc.task),
+        output=lambda wc: student_data(wc.task, wc.model),
+        args=lambda wc: f"{prompt_args()} {cli_args((config.get('transfer') or {}).get('args', ''))}",
+    threads: RESOURCES["transfer"]["threads"]
+    resources:
+        gpu=RESOURCES["transfer"]["gpu"],
+        mem_mb=RESOURCES["transfer"]["mem_mb"],
+        runtime=RESOURCES["transfer"]["runtime"],
+    shell:
+        "{LAUNCH[transfer]} transfer --teacher {params.teacher:q} --student {params.student:q}"
+        " --dataset {params.data} --output {params.output} {params.args} --overwrite > {log} 2>&1"

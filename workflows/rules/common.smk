@@ -3,7 +3,10 @@
 # Where things go, for a grid G (wildcards in braces):
 #   results/G/data/{dataset}/                          make-data output (train.jsonl, eval.jsonl, manifest.json)
 #   results/G/models/tokenizer/, models/{model}/       bootstrapped tokenizer and models (CPU miniature)
-#   results/G/sft_data/{task}.parquet (+ .summary.json) the teacher's SFT records with behaviour logprobs
+#   results/G/sft_data/{task}/collected.parquet        the teacher's SFT records with behaviour logprobs
+#                                                      (+ collected.summary.json, written last)
+#   results/G/sft_data/{task}/rescored.parquet         the same re-scored (grids with collect.rescore)
+#   results/G/sft_data/{task}/students/{model}.parquet each student's SFT records: its template, its ids
 #   results/G/sft/{model}/{task}/{arm}/                SFT checkpoints and final model (run_config.json last)
 #   results/G/rl/{model}/{task}/{arm}/seed{seed}/      GRPO checkpoints and final model
 #   results/G/eval/{task}/{model}/{checkpoint}/        samples.jsonl, metrics.json; checkpoint is
@@ -20,13 +23,17 @@ import sys
 import yaml
 from snakemake.utils import validate
 
-from pear_bench.config import ConfigError, check_settings
+from pear_bench.config import ConfigError, RLConfig, check_settings
+from pear_bench.errors import InputError
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 GRID = config["grid"]
 RESULTS = f"results/{GRID}"
+PROMPT = config.get("prompt") or {}
+# SFT evaluates pi_theta at the temperature RL samples at (sft.policy_temperature := rl.temperature).
+RL_TEMPERATURE = config["rl"].get("temperature", RLConfig.__dataclass_fields__["temperature"].default)
 # The committed reference results (results/reference/<grid>) live in the repository: a relative path
 # is read from the repository, whatever directory the workflow runs in.
 REFERENCE = os.path.join(workflow.basedir, config["reference"]) if config.get("reference") else None
@@ -59,6 +66,15 @@ def _check_grid():
         for key in keys:
             if key in config[stage]:
                 raise ValueError(f"{stage}.{key} is set by the workflow for each job; remove it from the config")
+    for key in ("system_prompt", "enable_thinking"):
+        if key in config["rl"]:
+            raise ValueError(f"rl.{key}: set it under prompt: instead, where collect, SFT data, GRPO and evaluation "
+                             "all read it")
+    for where, settings in [("sft", config["sft"])] + [(f"methods.{arm}", o) for arm, o in config["methods"].items()]:
+        if "policy_temperature" in settings and settings["policy_temperature"] != RL_TEMPERATURE:
+            raise ValueError(f"{where}.policy_temperature is {settings['policy_temperature']} but rl.temperature is "
+                             f"{RL_TEMPERATURE}: SFT would shape pi_theta at another temperature than RL samples it "
+                             "at; remove the key (the workflow sets it to rl.temperature)")
     if config.get("reference") and not os.path.isfile(os.path.join(REFERENCE, "metrics.csv")):
         raise ValueError(f"reference: {config['reference']!r} has no metrics.csv (looked in {REFERENCE}); "
                          "point it at a committed results directory, or remove the key")
@@ -73,6 +89,35 @@ def _as_mapping(value):
 
 
 _check_grid()
+
+
+def _check_pairs():
+    """Every teacher-student pair, where both tokenizers are at hand now (local directories, or the hub
+    cache; nothing is downloaded): refuse a pair whose responses could not be carried to the student
+    (pear_bench.token_transfer.check_pair). Other pairs are checked by their transfer job."""
+    from pear_bench.token_transfer import check_pair, load_side, pair_tokenizers
+
+    sides = {}
+
+    def side(name):
+        if name not in sides:
+            try:
+                sides[name] = load_side(name, model_path(name), local_files_only=True)
+            except (OSError, InputError):
+                sides[name] = None  # not built or not downloaded yet
+        return sides[name]
+
+    for task, spec in config["tasks"].items():
+        for student in config["students"]:
+            if model_path(student) == model_path(spec["teacher"]):
+                continue
+            teacher_side, student_side = side(spec["teacher"]), side(student)
+            if teacher_side is None or student_side is None:
+                continue
+            try:
+                check_pair(pair_tokenizers(teacher_side, student_side))
+            except InputError as exc:
+                raise ValueError(f"tasks.{task}: {exc}") from None
 
 ARMS = list(config["methods"])
 
@@ -107,8 +152,8 @@ def rule_resources(rule_name):
 # The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
 PEAR_BENCH = f"{shlex.quote(sys.executable)} -m pear_bench"
 RESOURCES = {name: rule_resources(name) for name in
-             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "sft", "rl", "evaluate", "tables",
-              "reproduce")}
+             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "rescore", "transfer", "sft", "rl",
+              "evaluate", "tables", "reproduce")}
 
 
 def launcher(rule_name):
@@ -155,6 +200,36 @@ def data_input(split_path):
     return f"{RESULTS}/data/{split_path.split('/')[0]}"
 
 
+def prompt_args():
+    """``--system-prompt`` / ``--enable-thinking`` for the commands that build prompts (the prompt: section)."""
+    words = []
+    if PROMPT.get("system_prompt") is not None:
+        words += ["--system-prompt", PROMPT["system_prompt"]]
+    if PROMPT.get("enable_thinking") is not None:
+        words += ["--enable-thinking", str(PROMPT["enable_thinking"]).lower()]
+    return shlex.join(words)
+
+
+def collected_data(task):
+    return f"{RESULTS}/sft_data/{task}/collected.parquet"
+
+
+def teacher_data(task):
+    """The teacher's records the students get: re-scored when the grid says collect.rescore."""
+    if config["collect"].get("rescore") is not None:
+        return f"{RESULTS}/sft_data/{task}/rescored.parquet"
+    return collected_data(task)
+
+
+def student_data(task, model):
+    return f"{RESULTS}/sft_data/{task}/students/{model}.parquet"
+
+
+def summary_of(dataset):
+    """``x.parquet`` -> ``x.summary.json``: written last by the job that writes the dataset."""
+    return dataset.removesuffix(".parquet") + ".summary.json"
+
+
 def bootstrap_inputs():
     return [f"{RESULTS}/data/{dataset}" for dataset in config.get("bootstrap", {}).get("data", [])]
 
@@ -184,15 +259,17 @@ def cli_flags(settings):
 
 
 def sft_settings(wc):
-    """The complete settings of one SFT run: the shared sft: section, the arm's changes, and the job's paths."""
-    return {**config["sft"], **config["methods"][wc.arm],
-            "model": model_path(wc.model), "dataset": f"{RESULTS}/sft_data/{wc.task}.parquet",
+    """The complete settings of one SFT run: the shared sft: section, the arm's changes, the job's paths,
+    and pi_theta's temperature (RL's)."""
+    return {**config["sft"], **config["methods"][wc.arm], "policy_temperature": RL_TEMPERATURE,
+            "model": model_path(wc.model), "dataset": student_data(wc.task, wc.model),
             "output_dir": sft_dir(wc.model, wc.task, wc.arm), "seed": config["sft_seed"], "resume": "auto-restart"}
 
 
 def rl_settings(wc):
-    """The complete settings of one GRPO run: the rl: section (the same for every arm), start and seed."""
-    return {**config["rl"], "model": sft_dir(wc.model, wc.task, wc.arm),
+    """The complete settings of one GRPO run: the rl: section (the same for every arm), the prompt
+    settings, start and seed."""
+    return {**config["rl"], **PROMPT, "model": sft_dir(wc.model, wc.task, wc.arm),
             "prompts": data_file(config["tasks"][wc.task]["train"]),
             "output_dir": rl_dir(wc.model, wc.task, wc.arm, wc.seed), "seed": int(wc.seed), "resume": "auto-restart"}
 
@@ -245,3 +322,6 @@ def final_outputs():
     if config.get("reference"):
         outputs.append(f"{RESULTS}/reproducibility.md")
     return outputs
+
+
+_check_pairs()  # last: it needs model_path

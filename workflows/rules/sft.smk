@@ -7,7 +7,7 @@
 
 rule sft:
     input:
-        "results/{grid}/sft_data/{task}.summary.json",
+        lambda wc: summary_of(student_data(wc.task, wc.model)),
         lambda wc: model_input(wc.model),
     output:
         "results/{grid}/sft/{model}/{task}/{arm}/run_config.json",
