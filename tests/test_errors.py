@@ -56,11 +56,12 @@ def test_bad_record_in_sft_dataset(teacher, tmp_path):
     assert_one_line_error(out, "sft", "r1")
 
 
-def test_text_traces_without_ids_in_score(teacher, tmp_path):
+def test_a_text_trace_without_a_response_in_score(teacher, tmp_path):
     traces = tmp_path / "traces.jsonl"
-    traces.write_text(json.dumps({"id": "t1", "prompt": "hi", "response": "there"}) + "\n")
+    traces.write_text(json.dumps({"id": "t1", "prompt": "hi", "response": "there"}) + "\n"
+                      + json.dumps({"id": "t2", "prompt": "hi"}) + "\n")
     out = run_cli("score", traces, "--model", teacher, "--output", tmp_path / "scored.jsonl")
-    assert_one_line_error(out, "score", "lacks required column(s)", "prompt_ids")
+    assert_one_line_error(out, "score", "trace 1 (id 't2'): no response text")
 
 
 @pytest.mark.parametrize("command", ["eval", "collect"])

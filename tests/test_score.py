@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from pear_bench.bench.scoring import format_results, in_fresh_process, peak_memory, synthetic_records, time_variants
 from pear_bench.cli import main as cli_main
-from pear_bench.collect import chat_prompt_ids
+from pear_bench.prompts import prompt_ids as chat_prompt_ids
 from pear_bench.data import load_records, save_records, summary_path
 from pear_bench.generation import SamplingConfig, load_backend
 from pear_bench.score import length_sorted_batches, score_responses
@@ -103,8 +103,8 @@ def test_score_refuses_a_wrong_temperature_rescoring_and_an_existing_output(unsc
 
     scored = tmp_path / "scored.jsonl"
     assert cli_main([*base, "--output", str(scored), "--temperature", "0.7"]) == 0
-    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
-        cli_main([*base, "--output", str(scored), "--temperature", "0.7"])
+    assert cli_main([*base, "--output", str(scored), "--temperature", "0.7"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
     again = ["score", str(scored), "--model", str(teacher), "--temperature", "0.7",
              "--output", str(tmp_path / "b.jsonl")]
     assert cli_main(again) == 2
@@ -113,6 +113,53 @@ def test_score_refuses_a_wrong_temperature_rescoring_and_an_existing_output(unsc
     assert cli_main([*again, "--rescore"]) == 0
     np.testing.assert_allclose(np.concatenate(load_records(tmp_path / "b.jsonl")["behavior_logprobs"]),
                                np.concatenate(load_records(scored)["behavior_logprobs"]), rtol=0, atol=1e-6)
+
+
+def test_text_traces_are_tokenised_through_the_prompt_module_and_scored(model, teacher, tmp_path):
+    """Three ways to bring text; the references: the tokenizer's own chat template and encode, and a
+    float64 full-softmax forward pass."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    question = TEACHER_QUESTIONS[0]
+    rows = [{"id": "a", "prompt": question, "response": "<answer>2</answer>"},
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "<answer>3</answer>"}]},
+            {"id": "c", "prompt": question, "response": "<answer>1", "finish_reason": "length"}]
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli_main(["score", str(traces), "--model", str(teacher), "--output", str(tmp_path / "s.jsonl"),
+                     "--system-prompt", "Be brief."]) == 0
+    scored = load_records(tmp_path / "s.jsonl").to_list()
+    assert [r["id"] for r in scored] == ["a", "trace-1", "c"]
+    with_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+    without = [{"role": "user", "content": question}]
+    for r, messages, text, ends in zip(scored, [with_system, without, with_system],
+                                       ["<answer>2</answer>", "<answer>3</answer>", "<answer>1"], [True, True, False]):
+        assert r["prompt_ids"] == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        assert r["response_ids"] == tok(text)["input_ids"] + ([tok.convert_tokens_to_ids("<|im_end|>")] if ends else [])
+        np.testing.assert_allclose(r["behavior_logprobs"], reference_logprobs(model, r["prompt_ids"], r["response_ids"],
+                                                                              1.0), rtol=0, atol=1e-4)
+    summary = json.loads(summary_path(tmp_path / "s.jsonl").read_text())
+    assert summary["from_text"] is True and summary["rescored_vs_recorded"] is None
+
+
+def test_rescoring_reports_how_far_the_recorded_logprobs_were(unscored, teacher, tmp_path, capsys):
+    """Recorded logprobs off by known amounts (as bf16 sampling leaves them): the report finds them."""
+    path, recorded = unscored
+    records = load_records(path, require_logprobs=False).to_list()
+    offsets = {0: 0.25, 3: 0.05}  # record index -> error (lower logprob) put on its first token
+    for i, r in enumerate(records):
+        r["behavior_logprobs"] = [x - (offsets.get(i, 0.0) if t == 0 else 0.0) for t, x in enumerate(recorded[r["id"]])]
+    noisy = save_records(records, tmp_path / "noisy.jsonl")
+    assert cli_main(["score", str(noisy), "--model", str(teacher), "--temperature", "0.7", "--rescore",
+                     "--output", str(tmp_path / "rescored.jsonl")]) == 0
+    report = json.loads(summary_path(tmp_path / "rescored.jsonl").read_text())["rescored_vs_recorded"]
+    tokens = sum(len(r["response_ids"]) for r in records)
+    assert report["records"] == len(records) and report["tokens"] == tokens
+    assert report["max_abs"] == pytest.approx(0.25, abs=2e-4)
+    assert report["share_above_0.08"] == pytest.approx(1 / tokens)
+    assert report["mean_abs"] == pytest.approx(0.30 / tokens, abs=2e-4)
+    assert "max |diff| 0.25" in capsys.readouterr().out
 
 
 def test_token_ids_outside_the_models_vocabulary_name_the_record(teacher, tmp_path, capsys):
