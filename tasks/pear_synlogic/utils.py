@@ -2,6 +2,7 @@
 
 from datasets import Dataset, DatasetDict
 
+from pear_bench.errors import InputError
 from pear_bench.grading import grade_batch
 from pear_bench.metrics import problem_metrics
 from pear_bench.problems import load_synlogic
@@ -10,7 +11,7 @@ from pear_bench.problems import load_synlogic
 def load_docs(synlogic_path=None, **_lm_eval_metadata):
     """Rows of the local JSONL named by ``--metadata '{"synlogic_path": ...}'``."""
     if synlogic_path is None:
-        raise ValueError('pear_synlogic needs a local JSONL: --metadata \'{"synlogic_path": "/abs/file.jsonl"}\'')
+        raise InputError('pear_synlogic needs a local JSONL: --metadata \'{"synlogic_path": "/abs/file.jsonl"}\'')
     return DatasetDict({"test": Dataset.from_list(load_synlogic(synlogic_path))})
 
 
