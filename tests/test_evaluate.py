@@ -239,3 +239,21 @@ def test_each_sample_carries_its_reference_answer(evaluated, problems):
     answers = {p["id"]: p["answer"] for p in problems[0]}  # from the problems as written, not the run
     rows = read_rows(output)
     assert rows and all(row["reference_answer"] == answers[row["problem_id"]] for row in rows)
+
+
+def test_a_response_cut_at_the_length_limit_is_not_counted_correct(scripted_model, problems, tmp_path):
+    """Limit the scripted model to "\\boxed{d}" without its end-of-turn token: every answer reads right
+    (the test's own extraction), none counts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(scripted_model)
+    limit = len(tokenizer("\\boxed{2}")["input_ids"])  # the answer, one token short of the eos
+    backend = load_backend("hf", str(scripted_model), device="cpu")
+    result = evaluate(backend, problems[0], tmp_path / "cut", SamplingConfig(n=2, max_new_tokens=limit), ks=[1],
+                      progress=False)
+    rows = read_rows(tmp_path / "cut")
+    by_id = {p["id"]: p for p in problems[0]}
+    assert all(r["finish_reason"] == "length" for r in rows)
+    assert any(boxed(r["response"]) == by_id[r["problem_id"]]["answer"] for r in rows)
+    assert not any(r["correct"] for r in rows)
+    assert result["metrics"][0]["value"] == 0.0 and result["responses"]["truncated"] == len(rows)

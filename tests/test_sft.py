@@ -349,3 +349,20 @@ def test_sft_methods_benchmark_prints_a_ratio_per_method(capsys, tmp_path):
     assert rows["sft"][4] == "1.000" and rows["sft"][5] == "1.000"  # the baseline of both ratio columns
     data = json.loads((tmp_path / "b.json").read_text())
     assert set(data["median_s"]) == {"hf", "sft", "pear-token", "iw-sft"} and len(data["times_s"]["sft"]) == 2
+
+
+def test_pi_theta_is_evaluated_at_the_policy_temperature(random_student, sft_data, tmp_path):
+    """Plain SFT at policy_temperature 0.5: the mean NLL of log softmax(logits / 0.5), computed here in float64."""
+    trainer, record = build_trainer(sft_config(random_student, sft_data[0], tmp_path, method="sft",
+                                               policy_temperature=0.5))
+    batch = whole_dataset_batch(trainer)
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, batch, num_items_in_batch=batch["response_mask"].sum())
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    logp = (logits[:, :-1] / 0.5).log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    mask = batch["response_mask"][:, 1:]
+    reference = -(logp * mask).sum() / mask.sum()
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-6)
+    at_one = -(logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0] * mask).sum() / mask.sum()
+    assert abs(float(at_one - reference)) > 1e-3  # the temperature matters on this model
+    assert record["config"]["policy_temperature"] == 0.5
