@@ -202,7 +202,8 @@ EXTRACTION_CASES = [
     (r"\boxed{1} is a draft; the answer is \boxed{\frac{2", "math", None),  # truncated last box wins
     (r"The answer is 5, so \boxed{", "math", None),  # an opened box overrides the phrase
     (r"\boxed{}", "aime2025", None),
-    ("<answer>5</answer>", "aime2025", None),  # math reads boxes, not tags
+    ("<answer>5</answer>", "aime2025", "5"),  # no box: math falls back to tags
+    (r"\boxed{5} <answer>6</answer>", "math", "5"),  # a box wins over tags
     ("<answer> 3 + 4 </answer>", "countdown", "3 + 4"),
     ("<answer>1</answer> then <answer>2</answer>", "maze", "2"),
     ("<answer>1</answer> then <answer>2", "maze", "1"),

@@ -6,8 +6,8 @@ Tasks and how they are graded:
 ==================  ==================================  =========================================
 task                answer taken from the response      correct when
 ==================  ==================================  =========================================
-aime2025, math      last ``\\boxed{}``; else "answer    ``math_equal(answer, doc["answer"])``
-                    is ..."
+aime2025, math      final ``\\boxed{}`` group; else     ``math_equal(answer, doc["answer"])``
+                    ``<answer>``; else "answer is ..."
 a game in GAMES     last ``<answer>...</answer>``       reasoning-gym's verifier scores exactly 1.0
 synlogic            last ``<answer>...</answer>``       equal to ``doc["answer"]`` after case
                                                         folding and whitespace collapsing

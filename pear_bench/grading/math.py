@@ -2,9 +2,12 @@
 
 Order of checks in ``math_equal(pred, gold)``:
 
-1. Unwrap presentation: surrounding ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``, a
-   ``\\boxed{...}`` spanning the whole answer, surrounding whitespace and a final full stop
-   (``70.`` is how sentences end, not a decimal).
+1. Normalise (``normalise_answer``, plain string work): unwrap surrounding ``$...$``,
+   ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``, a ``\\boxed{...}`` spanning the whole answer,
+   surrounding whitespace and trailing spacing or punctuation (``70.`` is how sentences end, not a
+   decimal; ``70,`` ``70;`` ``70\\ ``); drop a leading choice label (``\\textbf{(B) }70``) and a
+   trailing modulus (``70 \\pmod{1000}``, ``70 \\text{ (mod } 1000)``); join digit groups
+   (``1\\,000``, ``1{,}000``).
 2. Fast path, in the calling thread: if both are plain integers (ASCII digits, optional sign,
    optional ``.0``), compare their canonical digit strings exactly (``070`` = ``70``). No process,
    no sympy: AIME answers take this path.
@@ -50,16 +53,46 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 # One greedy digit run and no nested quantifiers: linear time on any input.
 _INTEGER = re.compile(r"([+-]?)([0-9]+)(?:\.0*)?", re.ASCII)
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-_MAX_UNWRAP_ROUNDS = 4  # e.g. "$\boxed{70}$." needs 3; a bound keeps adversarial "$$$$..." linear
+_MAX_UNWRAP_ROUNDS = 8  # e.g. "$\boxed{70,\ }$." needs 5; a bound keeps adversarial "$$$$..." linear
+# Spacing and punctuation that end a written answer rather than belong to it; longest first.
+_TRAILING = ("\\qquad", "\\quad", "\\ ", "\\,", "\\;", "\\:", "\\!", "~", ",", ";")
+# A leading multiple-choice label: "\textbf{(B) }70", "\textbf{(B)}\ 70", "(B) 70".
+_CHOICE_LABEL = re.compile(
+    r"(?:\\(?:textbf|text|mathbf|mathrm)\{\s*\(\s*[A-E]\s*\)\s*\}|\(\s*[A-E]\s*\))(?:\s|\\[ ,;]|~)*")
+# A trailing modulus: "\pmod{1000}", "\pmod 1000", "\bmod 1000", "(\mod 1000)", "\text{ (mod } 1000)",
+# "\text{(mod 1000)}"; searched for only near the last "mod", so linear in the answer.
+_MODULUS = re.compile(
+    r"(?:\s|\\[ ,;])*(?:"
+    r"\\pmod\s*(?:\{\s*[0-9]+\s*\}|[0-9]+)"
+    r"|\(?\s*\\b?mod\s*(?:\{\s*[0-9]+\s*\}|[0-9]+)\s*\)?"
+    r"|\(?\s*\\text\{\s*\(?\s*mod\s*\}\s*(?:\{\s*[0-9]+\s*\}|[0-9]+)\s*\)?"
+    r"|\\text\{\s*\(?\s*mod\s*[0-9]+\s*\)?\s*\}"
+    r")\Z")
+_MODULUS_LOOKBACK = 24  # characters between the annotation's start and its "mod"
+# A thin space or braced comma between digit groups: "1\,000", "1{,}000".
+_THOUSANDS_SEPARATOR = re.compile(r"(?<=[0-9])(?:\\,|\{,\})(?=[0-9]{3}(?![0-9]))")
+
+
+def strip_trailing(answer: str) -> str:
+    """``answer`` without surrounding whitespace and one trailing spacing command or punctuation
+    mark (``70,`` ``70;`` ``70\ `` ``70.``, but not ``...``)."""
+    answer = answer.strip()
+    if answer.endswith("\\") and not answer.endswith("\\\\"):
+        return answer[:-1].rstrip()  # "70\ " lost its space to strip()
+    if answer.endswith(".") and not answer.endswith(".."):
+        return answer[:-1].rstrip()
+    for suffix in _TRAILING:
+        if answer.endswith(suffix):
+            return answer[:-len(suffix)].rstrip()
+    return answer
 
 
 def unwrap_answer(answer: str) -> str:
-    """Strip presentation around an answer: math delimiters, a whole-answer ``\\boxed{}``, a final '.'."""
+    """Strip presentation around an answer: math delimiters, a whole-answer ``\\boxed{}``, trailing
+    spacing and punctuation (``strip_trailing``)."""
     for _ in range(_MAX_UNWRAP_ROUNDS):
         before = answer
-        answer = answer.strip()
-        if answer.endswith(".") and not answer.endswith(".."):
-            answer = answer[:-1].rstrip()
+        answer = strip_trailing(answer)
         for left, right in _DELIMITERS:
             if len(answer) >= len(left) + len(right) and answer.startswith(left) and answer.endswith(right):
                 answer = answer[len(left):-len(right)]
@@ -70,6 +103,33 @@ def unwrap_answer(answer: str) -> str:
         if answer == before:
             break
     return answer
+
+
+def drop_choice_label(answer: str) -> str:
+    """``\\textbf{(B) }70`` -> ``70``: a leading choice label (A-E) goes when a value follows it."""
+    label = _CHOICE_LABEL.match(answer)
+    return answer[label.end():] if label and label.end() < len(answer) else answer
+
+
+def drop_modulus(answer: str) -> str:
+    """``70 \\pmod{1000}`` -> ``70``: a trailing modulus annotation goes when a value precedes it."""
+    mod = answer.rfind("mod")
+    if mod < 0:
+        return answer
+    annotation = _MODULUS.search(answer, max(0, mod - _MODULUS_LOOKBACK))
+    return answer[:annotation.start()] if annotation and answer[:annotation.start()].strip() else answer
+
+
+def join_thousands(answer: str) -> str:
+    """``1\\,000`` -> ``1000`` and ``1{,}000`` -> ``1000``: digit-group separators go."""
+    return _THOUSANDS_SEPARATOR.sub("", answer)
+
+
+def normalise_answer(answer: str) -> str:
+    """The value an answer string states: ``unwrap_answer``, then choice label and modulus dropped
+    and thousands joined (each of those may leave presentation to unwrap again)."""
+    answer = unwrap_answer(answer)
+    return unwrap_answer(join_thousands(drop_modulus(drop_choice_label(answer))))
 
 
 def canonical_integer(answer: str) -> str | None:
@@ -124,7 +184,7 @@ def math_equal(pred: str, gold: str, timeout: float = 2.0) -> bool:
         if not isinstance(value, str):
             raise TypeError(f"math_equal: {name} must be a str, got {type(value).__name__}: {value!r:.80}")
     check_timeout(timeout, "math_equal")
-    pred, gold = unwrap_answer(pred), unwrap_answer(gold)
+    pred, gold = normalise_answer(pred), normalise_answer(gold)
     pred_int, gold_int = canonical_integer(pred), canonical_integer(gold)
     if pred_int is not None and gold_int is not None:
         return pred_int == gold_int
