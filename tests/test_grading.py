@@ -219,6 +219,152 @@ def test_extract_answer(response, task, expected):
     assert extract_answer(response, task) == expected
 
 
+# Answer forms real models write for AIME/MATH, each with twins that must stay wrong.
+# (response, task, gold, expected grade), decided by hand.
+ANSWER_FORM_CASES = [
+    # 1. <answer> tags in a math task without a box
+    ("<answer>42</answer>", "aime2025", "42", 1.0),
+    ("<answer>43</answer>", "aime2025", "42", 0.0),
+    ("reasoning...\n<answer>$\\frac{1}{2}$</answer>", "math", "0.5", 1.0),
+    ("<answer>\\frac{1}{3}</answer>", "math", "0.5", 0.0),
+    # 2. a final-answer phrase and a short sentence: its last number/expression
+    ("Final Answer: The largest $n$ is 34.", "aime2025", "34", 1.0),
+    ("Final Answer: The largest $n$ is 35.", "aime2025", "34", 0.0),
+    ("**Final Answer:** There are 34 ways in total.", "aime2025", "34", 1.0),
+    ("**Final Answer:** There are 33 ways in total.", "aime2025", "34", 0.0),
+    ("Final Answer: the ratio is $\\frac{3}{4}$.", "math", "0.75", 1.0),
+    ("Final Answer: the ratio is $\\frac{4}{3}$.", "math", "0.75", 0.0),
+    ("Final Answer: The final answer is $\\boxed{34}$. I hope it is correct.", "aime2025", "34", 1.0),
+    ("Final Answer: The final answer is $\\boxed{35}$. I hope it is correct.", "aime2025", "34", 0.0),
+    # 3. a modulus annotation after the value
+    ("\\boxed{70 \\pmod{1000}}", "aime2025", "70", 1.0),
+    ("\\boxed{71 \\pmod{1000}}", "aime2025", "70", 0.0),
+    ("\\boxed{70 \\text{ (mod } 1000)}", "aime2025", "70", 1.0),
+    ("\\boxed{71 \\text{ (mod } 1000)}", "aime2025", "70", 0.0),
+    ("$\\boxed{70 \\pmod {1000}}$.", "aime2025", "70", 1.0),
+    ("\\boxed{\\pmod{1000}}", "aime2025", "1000", 0.0),  # an annotation with no value is no answer
+    # 4. trailing punctuation or spacing inside the box
+    ("\\boxed{70,}", "aime2025", "70", 1.0),
+    ("\\boxed{71,}", "aime2025", "70", 0.0),
+    ("\\boxed{70;}", "aime2025", "70", 1.0),
+    ("\\boxed{71;}", "aime2025", "70", 0.0),
+    ("\\boxed{70\\ }", "aime2025", "70", 1.0),
+    ("\\boxed{71\\ }", "aime2025", "70", 0.0),
+    ("\\boxed{70.}", "aime2025", "70", 1.0),
+    ("\\boxed{71.}", "aime2025", "70", 0.0),
+    # 5. thousands separators
+    ("\\boxed{1\\,000}", "aime2025", "1000", 1.0),
+    ("\\boxed{1\\,001}", "aime2025", "1000", 0.0),
+    ("\\boxed{1{,}000}", "aime2025", "1000", 1.0),
+    ("\\boxed{1{,}001}", "aime2025", "1000", 0.0),
+    ("\\boxed{1\\,000\\,000}", "math", "10^6", 1.0),
+    ("\\boxed{1\\,000}", "aime2025", "100", 0.0),
+    # 6. AMC-style choice labels: the letter goes, the value stays
+    ("\\boxed{\\textbf{(B) }70}", "math", "70", 1.0),
+    ("\\boxed{\\textbf{(B) }71}", "math", "70", 0.0),
+    ("$\\boxed{\\textbf{(B)}\\ 70}$", "math", "70", 1.0),
+    ("$\\boxed{\\textbf{(B)}\\ 71}$", "math", "70", 0.0),
+    ("The answer is $\\textbf{(B)}\\ 70$.", "math", "70", 1.0),
+    ("The answer is $\\textbf{(B)}\\ 71$.", "math", "70", 0.0),
+    # 7. an unbraced box
+    ("so the answer is \\boxed 70", "aime2025", "70", 1.0),
+    ("so the answer is \\boxed 71", "aime2025", "70", 0.0),
+    ("$\\boxed 70$.", "aime2025", "70", 1.0),
+    # 8. one answer over several boxes: right only when together they equal the reference
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "math", "{1,2,3}", 1.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "math", "\\{1,2,3\\}", 1.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}", "math", "1, 2, 3", 1.0),
+    ("$x = \\boxed{3}$, $\\boxed{1}$, and $\\boxed{2}$", "math", "1, 2, 3", 1.0),  # a set: any order
+    ("\\boxed{1}, \\boxed{2}", "math", "{1,2,3}", 0.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{4}", "math", "{1,2,3}", 0.0),
+    ("\\boxed{1}, \\boxed{2}, \\boxed{3}, \\boxed{4}", "math", "{1,2,3}", 0.0),
+    ("\\boxed{(1,2)} and \\boxed{(3,4)}", "math", "(1,2),(3,4)", 1.0),
+    ("\\boxed{(1,2)} and \\boxed{(3,5)}", "math", "(1,2),(3,4)", 0.0),
+    ("\\boxed{(1,2)}", "math", "(1,2),(3,4)", 0.0),
+    # hedges are not answers; a restated value is
+    ("\\boxed{70} or \\boxed{71}", "aime2025", "70", 0.0),
+    ("\\boxed{70} or \\boxed{71}", "aime2025", "71", 0.0),
+    ("\\boxed{70}, \\boxed{-70}", "math", "70", 0.0),
+    ("\\boxed{\\pm 70}", "math", "70", 0.0),
+    ("$\\pm 70$", "math", "70", 0.0),
+    ("The answer is $\\pm 70$.", "math", "70", 0.0),
+    ("\\boxed{70}\n\n\\boxed{70}", "aime2025", "70", 1.0),
+    ("$\\boxed{70}$ $\\boxed{ 70 }$", "aime2025", "70", 1.0),
+    # boxes separated by other text are drafts: the last one decides
+    ("First \\boxed{71}. Checking again, it is \\boxed{70}", "aime2025", "70", 1.0),
+    ("First \\boxed{70}. Checking again, it is \\boxed{71}", "aime2025", "70", 0.0),
+]
+
+
+@pytest.mark.parametrize(("response", "task", "gold", "expected"), ANSWER_FORM_CASES, ids=lambda v: repr(v)[:40])
+def test_answer_forms_real_models_write(response, task, gold, expected):
+    assert grade(response, {"answer": gold}, task, timeout=30) == expected  # generous: a busy machine
+
+
+def test_each_answer_form_has_wrong_twins():
+    assert sum(expected == 1.0 for *_, expected in ANSWER_FORM_CASES) >= 25
+    assert sum(expected == 0.0 for *_, expected in ANSWER_FORM_CASES) >= 30
+
+
+def test_integer_answer_forms_take_the_fast_path(monkeypatch):
+    def no_workers(*args, **kwargs):
+        raise AssertionError("an integer answer form must not need a worker process")
+
+    monkeypatch.setattr(grading_math, "run_with_timeout", no_workers)
+    for response in ("\\boxed{70 \\pmod{1000}}", "\\boxed{70 \\text{ (mod } 1000)}", "\\boxed{70\\ }", "\\boxed{70;}",
+                     "\\boxed{\\textbf{(B) }70}", "\\boxed 70", "<answer>70</answer>", "Final Answer: It is 70.",
+                     "\\boxed{70} \\boxed{70}"):
+        assert grade(response, {"answer": "70"}, "aime2025") == 1.0, response
+    assert grade("\\boxed{1\\,000}", {"answer": "1000"}, "aime2025") == 1.0
+
+
+@pytest.mark.parametrize(("response", "expected"), [
+    (r"\boxed{1}, \boxed{2}, and $\boxed{3}$", "1, 2, 3"),
+    (r"\boxed{70} \boxed{ 70 }", "70"),  # restated: counted once
+    (r"\boxed{1} \text{ and } \boxed{2}", "1, 2"),
+    (r"\boxed{1}; then \boxed{2}", "2"),  # a word between boxes: a draft and a revision
+    (r"\boxed{1}, \boxed{2", None),  # the last box is truncated
+    (r"\boxed{1}, \boxed{}", None),
+    (r"\boxed{\boxed{3}}", "3"),
+    (r"\boxed 70", "70"),
+    (r"\boxed {70}", "70"),
+    (r"It goes in \boxed. The answer is 5", "5"),  # a bare \boxed is no box
+    (r"It goes in \boxed it", "it"),  # but a word after one is boxed
+    ("Final Answer: The largest $n$ is 34.", "34"),
+    ("Final Answer: The largest $n$ is $34$.", "$34$"),
+    ("Answer: x^2 + 1", "x^2 + 1"),  # one word at most: an expression, kept whole
+])
+def test_extract_math_answer_forms(response, expected):
+    assert extract_answer(response, "math") == expected
+
+
+def test_extract_answer_keeps_at_most_the_last_32_boxes_of_a_group():
+    response = ", ".join(f"\\boxed{{{i}}}" for i in range(40))
+    assert extract_answer(response, "math") == ", ".join(str(i) for i in range(8, 40))
+
+
+@pytest.mark.parametrize("response", [
+    "\\boxed{1}, " * 40_000,
+    "\\boxed " * 40_000,
+    "\\boxed{" * 40_000,
+    "Final Answer: " + "the value is 1,2 " * 20_000,
+    "Final Answer: " + "$" * 100_000,
+    "\\boxed{70" + " \\pmod" * 30_000 + "}",
+    "\\boxed{70" + " " * 100_000 + "\\pmod{" + "1" * 100_000 + "x}",
+    "\\boxed{" + "1\\," * 60_000 + "}",
+    "\\boxed{" + "\\textbf{(B)}\\ " * 20_000 + "}",
+    "\\boxed{70" + ",\\ ;" * 40_000 + "}",
+])
+def test_answer_form_parsing_is_linear(response):
+    """Extraction and normalisation of a 200k-character response in well under a second (a
+    quadratic scan would take minutes)."""
+    start = time.perf_counter()
+    answer = extract_answer(response, "math")
+    if answer is not None:
+        grading_math.normalise_answer(answer)
+    assert time.perf_counter() - start < 1.0
+
+
 @pytest.mark.parametrize("response", [
     "<answer>3 + 4</answer>",
     "think...\n<answer>\nA is a knight\n</answer>",

@@ -75,7 +75,7 @@ _THOUSANDS_SEPARATOR = re.compile(r"(?<=[0-9])(?:\\,|\{,\})(?=[0-9]{3}(?![0-9]))
 
 def strip_trailing(answer: str) -> str:
     """``answer`` without surrounding whitespace and one trailing spacing command or punctuation
-    mark (``70,`` ``70;`` ``70\ `` ``70.``, but not ``...``)."""
+    mark (``70,`` ``70;`` ``70\\ `` ``70.``, but not ``...``)."""
     answer = answer.strip()
     if answer.endswith("\\") and not answer.endswith("\\\\"):
         return answer[:-1].rstrip()  # "70\ " lost its space to strip()
