@@ -90,6 +90,9 @@ def test_default_config_is_the_mini_grid_and_not_merged_into_others(tmp_path):
     (lambda g: g["rl"].update(seed=3), "rl.seed is set by the workflow"),
     (lambda g: g.update(reference="results/reference/nowhere"), "'results/reference/nowhere' has no metrics.csv"),
     (lambda g: g.update(reference_tolerance=-0.1), "reference_tolerance"),
+    (lambda g: g["sft"].update(policy_temperature=0.7), "sft.policy_temperature is 0.7 but rl.temperature is 1.0"),
+    (lambda g: g["rl"].update(system_prompt="Be brief."), "rl.system_prompt: set it under prompt:"),
+    (lambda g: g.update(prompt={"enable_thinking": "yes"}), "enable_thinking"),
 ])
 def test_bad_config_is_rejected_before_any_job(edit, message, tmp_path):
     grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
@@ -130,3 +133,28 @@ def test_grid_arguments_reach_the_command_as_written(arguments, tmp_path):
     command = next(line for line in out.stdout.splitlines() if " make-data " in line)
     words = shlex.split(command.split("&&")[1])  # what the shell hands the program
     assert words[words.index("--set") + 1] == 'operators=["+","-"]', command
+
+
+def test_dry_run_refuses_a_teacher_student_pair_whose_responses_cannot_be_carried(tmp_path):
+    """Local models: a Qwen3-like teacher with a Qwen2.5-like student passes (its think block would be
+    re-tokenised), a student of another tokenizer family is refused before any job, naming the pair."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tokenizer_family import build_family
+
+    family = build_family(tmp_path / "models")
+    grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
+    for key in ("bootstrap", "reference"):
+        grid.pop(key)
+    grid["data"].pop("chain_sum-pretrain")
+    grid["models"] = {"teacher": str(family["qwen3"]), "student": str(family["qwen2.5"]), "llama": str(family["other"])}
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(good), "--directory", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    grid["students"] = ["student", "llama"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path))
+    assert out.returncode != 0
+    assert re.search(r"tasks.chain_sum: teacher teacher -> student llama: teacher token \d+: .*id \d+ is '.+' in the "
+                     r"teacher, '.+' in the student", out.stdout + out.stderr), out.stderr[-2000:]
