@@ -18,6 +18,8 @@ re-derived from text, so the SFT policy and the behaviour policy see identical t
     seed               int | null: the seed of the ``sample`` call (collect chunk) that produced it
     finish_reason      "stop" | "length" | null: "length" means the response hit max_new_tokens
     reward             float | null: the grader's reward (1.0 correct, 0.0 not)
+    response_transfer  str (a student's records only, from `pear-bench transfer`): "identical", "mapped"
+                       or "retokenized", how the teacher's response ids became the student's
 
 Only ``id``, ``prompt_ids`` and ``response_ids`` are required on load (traces from other tools);
 missing optional columns are added as nulls and unknown columns are kept as they are.
