@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -343,7 +344,7 @@ def make_tokenizer(problem_files: Sequence[str | Path], out: str | Path, *, voca
 
 
 def make_model(
-    tokenizer_dir: str | Path,
+    tokenizer_dir: str | Path | None,
     style: str,
     problem_files: Sequence[str | Path],
     out: str | Path,
@@ -362,12 +363,18 @@ def make_model(
     shape_overrides: Mapping[str, Any] | None = None,
     threads: int | None = None,
     logging_steps: int = 50,
+    init: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Pretrain a ``style`` model from scratch with the project's SFT trainer; save it to ``out`` atomically.
+    """Pretrain a ``style`` model with the project's SFT trainer; save it to ``out`` atomically.
+
+    From scratch (a random-init Qwen2 on ``tokenizer_dir``'s tokenizer), or from the pretrained model
+    ``init`` with its own tokenizer and chat template (a real model taught the solver's style, e.g.
+    the SmolLM2 grid's teacher).
 
     Args:
-        tokenizer_dir: a ``make_tokenizer`` output, shared by every model of the miniature.
+        tokenizer_dir: a ``make_tokenizer`` output, shared by every model of the miniature (None with
+            ``init``).
         style: "teacher" or "student".
         problem_files: chain_sum problem records to pretrain on.
         exclude_files: problems (normally the eval split) whose questions must not be trained on.
@@ -380,6 +387,7 @@ def make_model(
             has a rare step-by-step mode that SFT and RL can amplify.
         shape, shape_overrides: the Qwen2 shape (``tiny_models.SHAPES``) and field overrides.
         threads: ``torch.set_num_threads`` for this process (None: torch's default).
+        init: a model directory to fine-tune instead of a random init (``shape`` is then unused).
 
     Returns:
         ``out``.
@@ -400,12 +408,14 @@ def make_model(
         raise InputError("teacher_mix applies to the student style only")
     if not 0 <= teacher_mix <= 1 or not 0 <= noise <= 1:
         raise InputError(f"noise and teacher_mix must lie in [0, 1]; got {noise}, {teacher_mix}")
+    if (tokenizer_dir is None) == (init is None):
+        raise InputError("give --tokenizer (a model from scratch) or --init (fine-tune a model), not both or neither")
     out = Path(out)
     _check_out(out, overwrite)
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(init or tokenizer_dir)
     problems = [p for f in problem_files for p in read_problems(f)]
     excluded = [p for f in exclude_files for p in read_problems(f)]
     kept = filter_problems(problems, excluded)
@@ -424,13 +434,19 @@ def make_model(
     try:
         dataset = save_records(records, work / "pretrain.jsonl", require_logprobs=False)
         overrides = dict(shape_overrides or {})
-        model = init_model(tokenizer, shape, seed, **overrides)
-        model.save_pretrained(work / "init")
-        tokenizer.save_pretrained(work / "init")
-        n_params = sum(p.numel() for p in model.parameters())
+        if init is None:
+            model = init_model(tokenizer, shape, seed, **overrides)
+            model.save_pretrained(work / "init")
+            tokenizer.save_pretrained(work / "init")
+            start_from = work / "init"
+        else:
+            start_from = Path(init)
+            model = None
+        n_params = (sum(p.numel() for p in model.parameters()) if model is not None
+                    else _count_parameters(start_from))
         del model
         config = build_config("sft", dict(
-            model=str(work / "init"), output_dir=str(tmp), dataset=str(dataset), method="sft", seed=seed,
+            model=str(start_from), output_dir=str(tmp), dataset=str(dataset), method="sft", seed=seed,
             learning_rate=learning_rate, lr_scheduler_type=lr_scheduler_type, warmup_steps=warmup_steps,
             weight_decay=weight_decay, max_steps=steps, per_device_train_batch_size=batch_size,
             logging_steps=logging_steps, save_steps=steps + 1, resume="never",
@@ -444,10 +460,11 @@ def make_model(
         _write_json(tmp / BOOTSTRAP_RECORD, {
             "kind": "model", "style": style, "seed": seed, "steps": steps, "batch_size": batch_size,
             "learning_rate": learning_rate, "lr_scheduler_type": lr_scheduler_type, "warmup_steps": warmup_steps,
-            "weight_decay": weight_decay, "noise": noise, "teacher_mix": teacher_mix, "shape": shape,
-            "shape_overrides": overrides,
+            "weight_decay": weight_decay, "noise": noise, "teacher_mix": teacher_mix,
+            "init": None if init is None else str(Path(init).resolve()),
+            "shape": None if init is not None else shape, "shape_overrides": overrides,
             "parameters": n_params, "threads": torch.get_num_threads(),
-            "tokenizer": str(Path(tokenizer_dir).resolve()),
+            "tokenizer": str(Path(init or tokenizer_dir).resolve()),
             "problems": [{"path": str(Path(f).resolve()), "sha256": _sha256(f)} for f in problem_files],
             "exclude": [{"path": str(Path(f).resolve()), "sha256": _sha256(f)} for f in exclude_files],
             "num_problems": len(problems), "num_excluded": num_excluded,
@@ -465,6 +482,17 @@ def make_model(
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _count_parameters(model_dir: Path) -> int:
+    """Parameters of a saved model, from its safetensors headers (no weights are read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
 
 
 def _train(config) -> list[dict]:
@@ -498,8 +526,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     tok.add_argument("--vocab-size", type=int, default=384, help="BPE vocabulary size (default 384)")
     tok.add_argument("--seed", type=int, default=0, help="seed of the sampled solutions (default 0)")
 
-    model = sub.add_parser("model", help="pretrain a teacher or student model from scratch")
-    model.add_argument("--tokenizer", required=True, help="directory written by `bootstrap tokenizer`")
+    model = sub.add_parser("model", help="pretrain a teacher or student model from scratch, or fine-tune one")
+    model.add_argument("--tokenizer", help="directory written by `bootstrap tokenizer` (a model from scratch)")
+    model.add_argument("--init", help="a model directory to fine-tune in the style instead (its own tokenizer)")
     model.add_argument("--style", required=True, choices=STYLES)
     model.add_argument("--problems", required=True, nargs="+", help="chain_sum problems to pretrain on")
     model.add_argument("--exclude", nargs="*", default=[], help="problem files (eval splits) kept out of pretraining")
@@ -540,7 +569,8 @@ def main(args: argparse.Namespace) -> int:
                      lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup, weight_decay=args.weight_decay,
                      noise=args.noise, teacher_mix=args.teacher_mix, shape=args.shape,
                      shape_overrides=parse_overrides(args.shape_set),
-                     threads=args.threads, logging_steps=args.logging_steps, overwrite=args.overwrite)
+                     threads=args.threads, logging_steps=args.logging_steps, init=args.init,
+                     overwrite=args.overwrite)
     record = json.loads((out / BOOTSTRAP_RECORD).read_text())
     print(f"pear-bench bootstrap: {args.style} ({record['parameters']:,} parameters), {record['steps']} steps, "
           f"loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}, {record['train_seconds']:.0f} s "

@@ -220,6 +220,30 @@ def test_pretraining_lowers_loss_and_saves_a_loadable_model(tokenizer_dir, probl
         miniature.make_model(tokenizer_dir, "student", [problem_file], out, steps=1, batch_size=2)
 
 
+def test_a_pretrained_model_is_fine_tuned_in_the_style_with_its_own_tokenizer(tokenizer_dir, problem_file, tmp_path):
+    """--init: start from a saved model (here a from-scratch one), not a random init; its tokenizer and
+    parameter count carry over, and the loss on the style's records falls."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1,
+                 num_key_value_heads=1)
+    base = miniature.make_model(tokenizer_dir, "student", [problem_file], tmp_path / "base", steps=2, batch_size=4,
+                                shape_overrides=shape)
+    tuned = miniature.make_model(None, "teacher", [problem_file], tmp_path / "tuned", steps=8, batch_size=8,
+                                 learning_rate=3e-3, warmup_steps=0, logging_steps=1, init=base)
+    record = json.loads((tuned / miniature.BOOTSTRAP_RECORD).read_text())
+    assert record["init"] == str(base.resolve()) and record["shape"] is None
+    assert record["parameters"] == sum(t.numel() for t in load_file(base / "model.safetensors").values())
+    assert record["loss_last"] < record["loss_first"], record["loss_curve"]
+    assert AutoTokenizer.from_pretrained(tuned).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
+    before, after = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="--tokenizer .* or --init"):
+        miniature.make_model(tokenizer_dir, "teacher", [problem_file], tmp_path / "both", steps=1, init=base)
+
+
 def test_a_failed_run_leaves_nothing_that_looks_finished(tokenizer_dir, problem_file, tmp_path, monkeypatch):
     def boom(config):  # killed mid-training, after the trainer wrote part of its output
         from pathlib import Path

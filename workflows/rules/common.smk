@@ -17,6 +17,7 @@
 #   logs/G/..., benchmarks/G/...                       one log and one timing file per job
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -53,8 +54,14 @@ def _check_grid():
             if dataset not in config["data"]:
                 raise ValueError(f"tasks.{task}.{split}: dataset {dataset!r} is not under data: "
                                  f"({', '.join(config['data'])})")
-    if any("bootstrap" in _as_mapping(spec) for spec in models.values()) and "bootstrap" not in config:
-        raise ValueError("models: a model is bootstrapped, so the grid needs a bootstrap: section")
+    from_scratch = [m for m, spec in models.items() if "bootstrap" in _as_mapping(spec) and "init" not in spec]
+    if from_scratch and "bootstrap" not in config:
+        raise ValueError(f"models.{from_scratch[0]} is bootstrapped from scratch, so the grid needs a bootstrap: "
+                         "section (its tokenizer)")
+    for name, spec in models.items():
+        init = _as_mapping(spec).get("init")
+        if init is not None and (init not in models or init == name):
+            raise ValueError(f"models.{name}.init: {init!r} is not another model under models: ({', '.join(models)})")
     try:
         check_settings("sft", config["sft"])
         check_settings("rl", config["rl"])
@@ -152,7 +159,7 @@ def rule_resources(rule_name):
 # The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
 PEAR_BENCH = f"{shlex.quote(sys.executable)} -m pear_bench"
 RESOURCES = {name: rule_resources(name) for name in
-             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "collect", "rescore", "transfer", "sft", "rl",
+             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "convert_model", "collect", "rescore", "transfer", "sft", "rl",
               "evaluate", "tables", "reproduce")}
 
 
@@ -180,14 +187,37 @@ def is_bootstrapped(model):
     return "bootstrap" in _as_mapping(config["models"][model])
 
 
+def is_built(model):
+    """A model a rule makes (bootstrapped, or converted from GGUF) rather than a hub id or path."""
+    return is_bootstrapped(model) or "convert" in _as_mapping(config["models"][model])
+
+
+def built_models(kind):
+    """Names of the models made by rule bootstrap_model ("bootstrap") or convert_model ("convert"), as
+    a wildcard pattern that matches nothing when there are none."""
+    names = [m for m, spec in config["models"].items() if kind in _as_mapping(spec)]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def model_path(model):
-    """What a command is given for a model: the bootstrapped directory, or the hub id / local path."""
-    return f"{RESULTS}/models/{model}" if is_bootstrapped(model) else config["models"][model]
+    """What a command is given for a model: the directory a rule builds, or the hub id / local path."""
+    return f"{RESULTS}/models/{model}" if is_built(model) else config["models"][model]
 
 
 def model_input(model):
-    """The files a job using ``model`` waits for: a bootstrapped model's directory, else nothing."""
-    return [f"{RESULTS}/models/{model}"] if is_bootstrapped(model) else []
+    """The files a job using ``model`` waits for: a built model's directory, else nothing."""
+    return [f"{RESULTS}/models/{model}"] if is_built(model) else []
+
+
+def bootstrap_model_inputs(model):
+    """A bootstrapped model's tokenizer (from scratch) or the model it starts from (``init``)."""
+    init = config["models"][model].get("init")
+    return {"init": model_input(init)} if init else {"tokenizer": f"{RESULTS}/models/tokenizer"}
+
+
+def bootstrap_start(model):
+    init = config["models"][model].get("init")
+    return f"--init {shlex.quote(model_path(init))}" if init else f"--tokenizer {RESULTS}/models/tokenizer"
 
 
 def data_file(split_path):

@@ -1,5 +1,6 @@
-# Models trained from scratch for grids that bootstrap them (the CPU miniature): one shared tokenizer,
-# then each model (pear_bench.miniature). Grids of hub models have no jobs here.
+# Models a grid builds: trained from scratch (the CPU miniature: one shared tokenizer, then each model),
+# fine-tuned in the solver's style from another model (init:), or converted from a GGUF file shipped
+# in a Python package (convert:, the SmolLM2 grid). Grids of hub models have no jobs here.
 
 
 rule bootstrap_tokenizer:
@@ -23,14 +24,17 @@ rule bootstrap_tokenizer:
 rule bootstrap_model:
     input:
         bootstrap_inputs(),
-        tokenizer="results/{grid}/models/tokenizer",
+        unpack(lambda wc: bootstrap_model_inputs(wc.model)),
     output:
         directory("results/{grid}/models/{model}"),
+    wildcard_constraints:
+        model=built_models("bootstrap"),
     log:
         "logs/{grid}/bootstrap/{model}.log",
     benchmark:
         "benchmarks/{grid}/bootstrap/{model}.tsv"
     params:
+        start=lambda wc: bootstrap_start(wc.model),
         args=lambda wc: cli_args(config["models"][wc.model]["bootstrap"]),
     threads: RESOURCES["bootstrap_model"]["threads"]
     resources:
@@ -38,8 +42,26 @@ rule bootstrap_model:
         mem_mb=RESOURCES["bootstrap_model"]["mem_mb"],
         runtime=RESOURCES["bootstrap_model"]["runtime"],
     shell:
-        "{LAUNCH[bootstrap_model]} bootstrap model --tokenizer {input.tokenizer} {params.args}"
+        "{LAUNCH[bootstrap_model]} bootstrap model {params.start} {params.args}"
         " --out {output} > {log} 2>&1"
+
+
+rule convert_model:
+    output:
+        directory("results/{grid}/models/{model}"),
+    wildcard_constraints:
+        model=built_models("convert"),
+    log:
+        "logs/{grid}/convert/{model}.log",
+    params:
+        args=lambda wc: cli_args(config["models"][wc.model]["convert"]),
+    threads: RESOURCES["convert_model"]["threads"]
+    resources:
+        gpu=RESOURCES["convert_model"]["gpu"],
+        mem_mb=RESOURCES["convert_model"]["mem_mb"],
+        runtime=RESOURCES["convert_model"]["runtime"],
+    shell:
+        "{LAUNCH[convert_model]} convert {params.args} --out {output} > {log} 2>&1"
 
 
 ruleorder: bootstrap_tokenizer > bootstrap_model
