@@ -145,16 +145,15 @@ def trace_record(row: dict, index: int, tokenizer, end_of_turn: int, settings: P
     Raises:
         InputError: a row without a prompt or a response, or with an unknown finish_reason.
     """
-    from pear_bench.prompts import prompt_ids
+    from pear_bench.prompts import problem_messages, prompt_ids
 
     where = f"trace {index}" + (f" (id {row['id']!r})" if row.get("id") is not None else "")
     messages = [dict(m) for m in row.get("messages") or []]
     response = row.get("response")
     if response is None and messages and messages[-1].get("role") == "assistant":
         response = messages.pop()["content"]
-    if not messages and isinstance(row.get("prompt"), str):
-        system = [] if settings.system_prompt is None else [{"role": "system", "content": settings.system_prompt}]
-        messages = [*system, {"role": "user", "content": row["prompt"]}]
+    if not messages and isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        messages = problem_messages(row, settings)
     if not messages:
         raise InputError(f"{where}: no prompt (give 'messages' or 'prompt' text, or 'prompt_ids' for tokenised records)")
     if not isinstance(response, str) or not response:
