@@ -175,10 +175,15 @@ def read_traces(path: str | Path, tokenizer, stop_ids: list[int], settings: Prom
     from pear_bench.problems import read_jsonl
     from pear_bench.token_transfer import end_of_turn_id
 
-    fmt = file_format(path)
-    rows = read_jsonl(path) if fmt == "json" else pq.read_table(path).to_pylist()
-    if not rows or "prompt_ids" in rows[0]:
+    if file_format(path) == "json":
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "{}")
+        tokenised = "prompt_ids" in json.loads(first) if first.lstrip().startswith("{") else True
+    else:
+        tokenised = "prompt_ids" in pq.read_schema(path).names
+    if tokenised:  # read once, by the data contract's loader (which reports a malformed file)
         return load_records(path, vocab_size=vocab_size, require_logprobs=False), False
+    rows = read_jsonl(path) if file_format(path) == "json" else pq.read_table(path).to_pylist()
     end_of_turn = end_of_turn_id(tokenizer, stop_ids, "--model")
     records = [trace_record(row, i, tokenizer, end_of_turn, settings) for i, row in enumerate(rows)]
     return records_dataset(records, vocab_size=vocab_size, require_logprobs=False), True

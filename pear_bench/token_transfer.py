@@ -333,7 +333,8 @@ def main(args: argparse.Namespace) -> int:
 
     def rescore(prompts, responses, temperature):
         nonlocal backend
-        backend = load_backend(args.backend, args.teacher, **backend_options(args))
+        if backend is None:  # loaded once, and only if a response had to be re-tokenised
+            backend = load_backend(args.backend, args.teacher, **backend_options(args))
         return backend.score(prompts, responses, temperature)
 
     try:
