@@ -283,6 +283,7 @@ def main(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                               top_p=args.top_p, top_k=args.top_k)
     problems = [record for path in args.problems for record in read_problems(path)][:args.limit]
+    prompt = prompt_settings(args)  # a bad few-shot file fails before the model loads
     options = backend_options(args)
     backend = load_backend(args.backend, args.model, **options)
     # What else changes the samples: numerics (dtype, device, sharding) and, for HF, which
@@ -293,7 +294,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = collect(backend, problems, args.output, sampling, seed=args.seed, keep=args.keep,
                           chunk_size=args.chunk_size, overwrite=args.overwrite, settings=settings,
-                          prompt=prompt_settings(args), check_records=args.check_logprobs)
+                          prompt=prompt, check_records=args.check_logprobs)
     finally:
         backend.close()
     check = summary["logprob_check"]

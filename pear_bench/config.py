@@ -299,6 +299,8 @@ class RLConfig(TrainingSettings):
                                              "default); pear_bench.prompts, as in collect, SFT data and eval")
     enable_thinking: bool | None = _field(None, "the chat template's thinking switch (Qwen3; null: the template's "
                                                 "default)")
+    fewshot: str | None = _field(None, "JSONL file of worked examples sent before each problem as earlier "
+                                       "turns (pear_bench.prompts.read_fewshot; null: none)")
     # > Generation
     num_generations: int = _field(8, "completions per prompt (the GRPO group size G)",
                                   check=(lambda v: v >= 2, "must be >= 2 (a group needs a spread)"))

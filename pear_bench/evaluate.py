@@ -350,6 +350,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be >= 1; got {args.limit}")
     problems = read_problems(args.problems)[:args.limit]
     single_task(problems)
+    prompt = prompt_settings(args)  # a bad few-shot file fails before the model loads
     options = backend_options(args)
     backend = load_backend(args.backend, args.model, **options)
     settings = {k: options[k] for k in ("dtype", "batch_size", "tensor_parallel_size", "max_model_len") if k in options}
@@ -358,7 +359,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = evaluate(backend, problems, args.output, sampling, ks=ks, seed=args.seed, labels=labels,
                           problems_file=args.problems, limit=args.limit, settings=settings,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite, prompt=prompt_settings(args))
+                          chunk_size=args.chunk_size, overwrite=args.overwrite, prompt=prompt)
     finally:
         backend.close()
     print(summary_line(result, args.output))

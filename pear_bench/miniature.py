@@ -46,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from pear_bench.errors import InputError
+from pear_bench.prompts import PromptSettings
 
 STYLES = ("teacher", "student")
 BOOTSTRAP_RECORD = "bootstrap.json"
-TASK = "chain_sum"
+# Tasks whose problems are +/- chains with the expression in their metadata (the solvers read it).
+TASKS = ("chain_sum", "basic_arithmetic")
 
 # Teacher variant probabilities: order of the steps, spacing around operators, step separator.
 TEACHER_P_REORDER = 0.35  # add the "+" terms first, then subtract the "-" terms (when that changes the steps)
@@ -220,16 +222,17 @@ def build_tokenizer(problems: Sequence[Mapping[str, Any]], vocab_size: int = 384
 
 
 def pretraining_records(tokenizer, problems: Sequence[Mapping[str, Any]], style: str, *, samples: int,
-                        seed: int, noise: float = 0.0, teacher_mix: float = 0.0) -> list[dict]:
+                        seed: int, noise: float = 0.0, teacher_mix: float = 0.0,
+                        prompt: PromptSettings = PromptSettings()) -> list[dict]:
     """``samples`` SFT records (``pear_bench.data`` schema, no behaviour logprobs) cycling over ``problems``.
 
     Record i solves problem ``i mod len(problems)`` with a fresh random variant, so a long run sees
     many variants of each problem; with ``teacher_mix`` (student only) that fraction of records is
-    solved in the teacher's style instead. ``prompt_ids`` is the chat template with the assistant turn
-    opened (exactly what collection and RL feed the model); ``response_ids`` is the solution's
+    solved in the teacher's style instead. ``prompt_ids`` is the problem through ``pear_bench.prompts``
+    with ``prompt`` (exactly what collection and RL feed the model); ``response_ids`` is the solution's
     tokens followed by the end-of-turn token, where generation stops.
     """
-    from pear_bench.prompts import problem_messages, problem_prompt_ids
+    from pear_bench.prompts import problem_messages, prompt_ids
 
     if not problems:
         raise InputError("no pretraining problems (all excluded?)")
@@ -239,15 +242,16 @@ def pretraining_records(tokenizer, problems: Sequence[Mapping[str, Any]], style:
     records = []
     for i in range(samples):
         problem = problems[i % len(problems)]
+        messages = problem_messages(problem, prompt)
         if problem["id"] not in prompt_cache:
-            prompt_cache[problem["id"]] = problem_prompt_ids(tokenizer, problem)
+            prompt_cache[problem["id"]] = prompt_ids(tokenizer, messages, prompt)
         if teacher_mix and rng.random() < teacher_mix:
             response = solve(problem, "teacher", rng)
         else:
             response = solve(problem, style, rng, noise)
         records.append({
             "id": f"{problem['id']}/{i}", "task": problem["task"], "prompt_id": problem["id"],
-            "sample_index": i // len(problems), "messages": problem_messages(problem),
+            "sample_index": i // len(problems), "messages": messages,
             "prompt_ids": prompt_cache[problem["id"]],
             "response_ids": tokenizer.encode(response, add_special_tokens=False) + [eos],
             "response": response, "behavior_model": f"procedural-{style}", "reward": 1.0 if noise == 0 else None,
@@ -262,12 +266,12 @@ def filter_problems(problems: Sequence[Mapping[str, Any]], exclude: Iterable[Map
     banned = set()
     for p in exclude:
         banned.add(p["question"])
-        if p.get("task") == TASK:
+        if p.get("task") in TASKS:
             banned.add(problem_expression(p))
     kept, seen = [], set()
     for p in problems:
         key = p["question"]
-        expr = problem_expression(p) if p.get("task") == TASK else None
+        expr = problem_expression(p) if p.get("task") in TASKS else None
         if key in banned or expr in banned or (dedupe and key in seen):
             continue
         seen.add(key)
@@ -364,6 +368,7 @@ def make_model(
     threads: int | None = None,
     logging_steps: int = 50,
     init: str | Path | None = None,
+    prompt: PromptSettings = PromptSettings(),
     overwrite: bool = False,
 ) -> Path:
     """Pretrain a ``style`` model with the project's SFT trainer; save it to ``out`` atomically.
@@ -376,7 +381,7 @@ def make_model(
         tokenizer_dir: a ``make_tokenizer`` output, shared by every model of the miniature (None with
             ``init``).
         style: "teacher" or "student".
-        problem_files: chain_sum problem records to pretrain on.
+        problem_files: chain_sum or basic_arithmetic (+/- only) problem records to pretrain on.
         exclude_files: problems (normally the eval split) whose questions must not be trained on.
         steps, batch_size: optimizer steps and sequences per step; ``steps * batch_size`` records are
             built, each problem solved in a fresh random variant each time it comes round.
@@ -388,6 +393,8 @@ def make_model(
         shape, shape_overrides: the Qwen2 shape (``tiny_models.SHAPES``) and field overrides.
         threads: ``torch.set_num_threads`` for this process (None: torch's default).
         init: a model directory to fine-tune instead of a random init (``shape`` is then unused).
+        prompt: how problems become prompts (``pear_bench.prompts``; the grid's ``prompt:`` section),
+            so a model is trained on the prompts the grid will give it.
 
     Returns:
         ``out``.
@@ -421,10 +428,10 @@ def make_model(
     kept = filter_problems(problems, excluded)
     num_excluded = len(problems) - len(filter_problems(problems, excluded, dedupe=False))
     tasks = {p["task"] for p in kept}
-    if tasks - {TASK}:
-        raise InputError(f"bootstrap model solves {TASK} problems only; got tasks {sorted(tasks)}")
+    if tasks - set(TASKS):
+        raise InputError(f"bootstrap model solves {' and '.join(TASKS)} problems only; got tasks {sorted(tasks)}")
     records = pretraining_records(tokenizer, kept, style, samples=steps * batch_size, seed=seed, noise=noise,
-                                  teacher_mix=teacher_mix)
+                                  teacher_mix=teacher_mix, prompt=prompt)
 
     tmp = _temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -461,7 +468,7 @@ def make_model(
             "kind": "model", "style": style, "seed": seed, "steps": steps, "batch_size": batch_size,
             "learning_rate": learning_rate, "lr_scheduler_type": lr_scheduler_type, "warmup_steps": warmup_steps,
             "weight_decay": weight_decay, "noise": noise, "teacher_mix": teacher_mix,
-            "init": None if init is None else str(Path(init).resolve()),
+            "init": None if init is None else str(Path(init).resolve()), "prompt": prompt.to_record(),
             "shape": None if init is not None else shape, "shape_overrides": overrides,
             "parameters": n_params, "threads": torch.get_num_threads(),
             "tokenizer": str(Path(init or tokenizer_dir).resolve()),
@@ -517,6 +524,8 @@ def _train(config) -> list[dict]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from pear_bench.prompts import add_prompt_arguments
+
     parser.description = ("Build the CPU miniature's base models: a shared tokenizer, then a step-by-step "
                           "teacher and a terse student pretrained from scratch on chain_sum.")
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -530,7 +539,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--tokenizer", help="directory written by `bootstrap tokenizer` (a model from scratch)")
     model.add_argument("--init", help="a model directory to fine-tune in the style instead (its own tokenizer)")
     model.add_argument("--style", required=True, choices=STYLES)
-    model.add_argument("--problems", required=True, nargs="+", help="chain_sum problems to pretrain on")
+    model.add_argument("--problems", required=True, nargs="+",
+                       help="chain_sum or basic_arithmetic (+/-) problems to pretrain on")
     model.add_argument("--exclude", nargs="*", default=[], help="problem files (eval splits) kept out of pretraining")
     model.add_argument("--steps", type=int, required=True, help="optimizer steps")
     model.add_argument("--seed", type=int, default=0, help="seed of init, data variants and order (default 0)")
@@ -549,6 +559,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="override a Qwen2 config field, e.g. --set num_hidden_layers=3")
     model.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     model.add_argument("--logging-steps", type=int, default=50)
+    add_prompt_arguments(model)
 
     for p in (tok, model):
         p.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
@@ -557,6 +568,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from pear_bench.problems import parse_overrides
+    from pear_bench.prompts import prompt_settings
 
     if args.what == "tokenizer":
         out = make_tokenizer(args.problems, args.out, vocab_size=args.vocab_size, seed=args.seed,
@@ -570,7 +582,7 @@ def main(args: argparse.Namespace) -> int:
                      noise=args.noise, teacher_mix=args.teacher_mix, shape=args.shape,
                      shape_overrides=parse_overrides(args.shape_set),
                      threads=args.threads, logging_steps=args.logging_steps, init=args.init,
-                     overwrite=args.overwrite)
+                     prompt=prompt_settings(args), overwrite=args.overwrite)
     record = json.loads((out / BOOTSTRAP_RECORD).read_text())
     print(f"pear-bench bootstrap: {args.style} ({record['parameters']:,} parameters), {record['steps']} steps, "
           f"loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}, {record['train_seconds']:.0f} s "

@@ -229,12 +229,13 @@ def main(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    prompt = prompt_settings(args)  # a bad few-shot file fails before the model loads
     options = backend_options(args)
     if args.backend == "hf":
         options["max_batch_tokens"] = args.max_batch_tokens
     backend = load_backend(args.backend, args.model, **options)
     try:
-        ds, from_text = read_traces(args.input, backend.tokenizer, backend.eos_token_ids, prompt_settings(args),
+        ds, from_text = read_traces(args.input, backend.tokenizer, backend.eos_token_ids, prompt,
                                     len(backend.tokenizer))
         scored = [i for i, lp in enumerate(ds["behavior_logprobs"]) if lp is not None]
         if scored and not args.rescore:

@@ -140,14 +140,20 @@ def test_trl_tokenises_the_prompts_of_pear_bench_prompts(teacher, prompts, tmp_p
     from pear_bench.prompts import PromptSettings, problem_prompt_ids
     from pear_bench.trainers.grpo import build_trainer
 
-    config = build_config("rl", {"model": str(teacher), "prompts": str(prompts), "output_dir": str(tmp_path),
+    fewshot = tmp_path / "shots.jsonl"
+    fewshot.write_text(json.dumps({"prompt": "What is 1 + 1?", "response": "<answer>2</answer>"}) + "\n")
+    config = build_config("rl", {"model": str(teacher), "prompts": str(prompts), "output_dir": str(tmp_path / "run"),
                                  "num_generations": 4, "per_device_train_batch_size": 8, "generation_backend": "hf",
-                                 "system_prompt": "Answer briefly.", "enable_thinking": False})
+                                 "system_prompt": "Answer briefly.", "enable_thinking": False,
+                                 "fewshot": str(fewshot)})
     trainer, _ = build_trainer(config)
     rows = trainer.train_dataset.to_list()
     trl_ids, _, _ = trainer._tokenize_prompts([row["prompt"] for row in rows])
-    settings = PromptSettings(system_prompt="Answer briefly.", enable_thinking=False)
+    settings = PromptSettings(system_prompt="Answer briefly.", enable_thinking=False,
+                              fewshot=(("What is 1 + 1?", "<answer>2</answer>"),))
     ours = [problem_prompt_ids(trainer.processing_class, record, settings) for record in read_problems(prompts)]
     assert [list(ids) for ids in trl_ids] == ours
-    assert trainer.processing_class.decode(ours[0]).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    assert trainer.processing_class.decode(ours[0]).startswith(
+        "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n"
+        "<|im_start|>assistant\n<answer>2</answer><|im_end|>\n<|im_start|>user\n")
     assert trainer.args.chat_template_kwargs == {"enable_thinking": False}

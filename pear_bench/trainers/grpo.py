@@ -131,9 +131,10 @@ def grpo_config(config: RLConfig, backend: str):
 
 
 def prompt_settings(config: RLConfig):
-    from pear_bench.prompts import PromptSettings
+    from pear_bench.prompts import PromptSettings, read_fewshot
 
-    return PromptSettings(system_prompt=config.system_prompt, enable_thinking=config.enable_thinking)
+    return PromptSettings(system_prompt=config.system_prompt, enable_thinking=config.enable_thinking,
+                          fewshot=read_fewshot(config.fewshot) if config.fewshot else ())
 
 
 def prompt_dataset(config: RLConfig, tokenizer):

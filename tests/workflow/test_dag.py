@@ -29,7 +29,9 @@ def expected_counts(grid: dict) -> dict[str, int]:
     students, tasks, arms, seeds = grid["students"], grid["tasks"], grid["methods"], grid["rl_seeds"]
     bases = sum(len(set(students) | ({spec["teacher"]} if grid["evaluation"].get("teachers") else set()))
                 for spec in tasks.values())
-    bootstrapped = [m for m, spec in grid["models"].items() if isinstance(spec, dict)]
+    specs = [spec for spec in grid["models"].values() if isinstance(spec, dict)]
+    bootstrapped = [spec for spec in specs if "bootstrap" in spec]
+    converted = [spec for spec in specs if "convert" in spec]
     counts = {
         "make_data": len(grid["data"]),
         "collect": len(tasks),
@@ -41,7 +43,11 @@ def expected_counts(grid: dict) -> dict[str, int]:
         "all": 1,
     }
     if bootstrapped:
-        counts.update(bootstrap_tokenizer=1, bootstrap_model=len(bootstrapped))
+        counts["bootstrap_model"] = len(bootstrapped)
+    if any("init" not in spec for spec in bootstrapped):  # models from scratch share a trained tokenizer
+        counts["bootstrap_tokenizer"] = 1
+    if converted:
+        counts["convert_model"] = len(converted)
     if grid.get("reference"):
         counts["reproduce"] = 1
     if grid["collect"].get("rescore") is not None:

@@ -9,6 +9,7 @@ rule collect:
     input:
         lambda wc: data_input(config["tasks"][wc.task]["train"]),
         lambda wc: model_input(config["tasks"][wc.task]["teacher"]),
+        prompt_inputs(),
     output:
         # Written last, after the dataset next to it: the marker that the collection finished.
         summary="results/{grid}/sft_data/{task}/collected.summary.json",
@@ -65,6 +66,7 @@ rule transfer:
         lambda wc: summary_of(teacher_data(wc.task)),
         lambda wc: model_input(config["tasks"][wc.task]["teacher"]),
         lambda wc: model_input(wc.model),
+        prompt_inputs(),
     output:
         "results/{grid}/sft_data/{task}/students/{model}.summary.json",
     log:

@@ -26,13 +26,16 @@ from snakemake.utils import validate
 
 from pear_bench.config import ConfigError, RLConfig, check_settings
 from pear_bench.errors import InputError
+from pear_bench.prompts import read_fewshot
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 GRID = config["grid"]
 RESULTS = f"results/{GRID}"
-PROMPT = config.get("prompt") or {}
+PROMPT = dict(config.get("prompt") or {})
+if PROMPT.get("fewshot") is not None:  # a relative path is read from the repository, like reference:
+    PROMPT["fewshot"] = os.path.join(workflow.basedir, PROMPT["fewshot"])
 # SFT evaluates pi_theta at the temperature RL samples at (sft.policy_temperature := rl.temperature).
 RL_TEMPERATURE = config["rl"].get("temperature", RLConfig.__dataclass_fields__["temperature"].default)
 # The committed reference results (results/reference/<grid>) live in the repository: a relative path
@@ -73,7 +76,7 @@ def _check_grid():
         for key in keys:
             if key in config[stage]:
                 raise ValueError(f"{stage}.{key} is set by the workflow for each job; remove it from the config")
-    for key in ("system_prompt", "enable_thinking"):
+    for key in ("system_prompt", "enable_thinking", "fewshot"):
         if key in config["rl"]:
             raise ValueError(f"rl.{key}: set it under prompt: instead, where collect, SFT data, GRPO and evaluation "
                              "all read it")
@@ -82,6 +85,11 @@ def _check_grid():
             raise ValueError(f"{where}.policy_temperature is {settings['policy_temperature']} but rl.temperature is "
                              f"{RL_TEMPERATURE}: SFT would shape pi_theta at another temperature than RL samples it "
                              "at; remove the key (the workflow sets it to rl.temperature)")
+    if PROMPT.get("fewshot") is not None:
+        try:
+            read_fewshot(PROMPT["fewshot"])
+        except InputError as exc:
+            raise ValueError(f"prompt.fewshot: {exc}") from None
     if config.get("reference") and not os.path.isfile(os.path.join(REFERENCE, "metrics.csv")):
         raise ValueError(f"reference: {config['reference']!r} has no metrics.csv (looked in {REFERENCE}); "
                          "point it at a committed results directory, or remove the key")
@@ -231,13 +239,20 @@ def data_input(split_path):
 
 
 def prompt_args():
-    """``--system-prompt`` / ``--enable-thinking`` for the commands that build prompts (the prompt: section)."""
+    """``--system-prompt`` / ``--enable-thinking`` / ``--fewshot`` for the commands that build prompts (the prompt: section)."""
     words = []
     if PROMPT.get("system_prompt") is not None:
         words += ["--system-prompt", PROMPT["system_prompt"]]
     if PROMPT.get("enable_thinking") is not None:
         words += ["--enable-thinking", str(PROMPT["enable_thinking"]).lower()]
+    if PROMPT.get("fewshot") is not None:
+        words += ["--fewshot", PROMPT["fewshot"]]
     return shlex.join(words)
+
+
+def prompt_inputs():
+    """The few-shot file, as an input of every job that builds prompts (edit it and they rerun)."""
+    return [PROMPT["fewshot"]] if PROMPT.get("fewshot") is not None else []
 
 
 def collected_data(task):

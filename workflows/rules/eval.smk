@@ -4,7 +4,7 @@
 
 def _eval_inputs(wc):
     marker = checkpoint_of(wc)[1]
-    return [data_input(config["tasks"][wc.task]["eval"])] + ([marker] if marker else [])
+    return [data_input(config["tasks"][wc.task]["eval"]), *prompt_inputs()] + ([marker] if marker else [])
 
 
 rule evaluate:
@@ -24,6 +24,7 @@ rule evaluate:
         settings=(f"--samples {config['evaluation']['samples']} --ks {' '.join(map(str, config['evaluation']['ks']))}"
                   f" --temperature {config['evaluation']['temperature']}"
                   f" --max-new-tokens {config['evaluation']['max_new_tokens']} --seed {config['evaluation']['seed']}"
+                  f" {prompt_args()}"
                   f" {cli_args(config['evaluation'].get('args', ''))}"),
         out=lambda wc, output: os.path.dirname(output[0]),
     threads: RESOURCES["evaluate"]["threads"]

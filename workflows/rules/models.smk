@@ -25,6 +25,7 @@ rule bootstrap_model:
     input:
         bootstrap_inputs(),
         unpack(lambda wc: bootstrap_model_inputs(wc.model)),
+        prompt_inputs(),
     output:
         directory("results/{grid}/models/{model}"),
     wildcard_constraints:
@@ -35,7 +36,7 @@ rule bootstrap_model:
         "benchmarks/{grid}/bootstrap/{model}.tsv"
     params:
         start=lambda wc: bootstrap_start(wc.model),
-        args=lambda wc: cli_args(config["models"][wc.model]["bootstrap"]),
+        args=lambda wc: f"{cli_args(config['models'][wc.model]['bootstrap'])} {prompt_args()}",
     threads: RESOURCES["bootstrap_model"]["threads"]
     resources:
         gpu=RESOURCES["bootstrap_model"]["gpu"],

@@ -6,6 +6,7 @@ rule rl:
     input:
         "results/{grid}/sft/{model}/{task}/{arm}/run_config.json",
         lambda wc: data_input(config["tasks"][wc.task]["train"]),
+        prompt_inputs(),
     output:
         "results/{grid}/rl/{model}/{task}/{arm}/seed{seed}/run_config.json",
     log:
