@@ -30,7 +30,6 @@ a tokenizer with ``add_special_tokens=False`` gives.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,18 +100,13 @@ def read_fewshot(path: str | Path) -> tuple[tuple[str, str], ...]:
     Raises:
         InputError: the file is missing or empty, or a line is not such an object (names file and line).
     """
-    path = Path(path)
-    if not path.is_file():
+    from pear_bench.problems import read_jsonl
+
+    if not Path(path).is_file():
         raise InputError(f"few-shot file {str(path)!r} does not exist")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "response"))):
+    for number, row in enumerate(read_jsonl(path), 1):
+        if not all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "response")):
             raise InputError(f"{path}:{number}: a few-shot example needs non-empty str 'prompt' and 'response'")
         examples.append((row["prompt"], row["response"]))
     if not examples:

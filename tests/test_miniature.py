@@ -72,6 +72,24 @@ def test_solver_answers_match_reasoning_gym_and_grade_correct(problems, style):
     assert grade(responses[0], docs[0], "chain_sum") == 1.0
 
 
+@pytest.mark.parametrize("style", miniature.STYLES)
+def test_basic_arithmetic_chains_are_solved_as_reasoning_gym_answers_them(style):
+    """The SmolLM2 grid's game: +/- of one-digit terms, negatives allowed ("5 - -3")."""
+    import reasoning_gym
+
+    dataset = reasoning_gym.create_dataset("basic_arithmetic", seed=3, size=80, min_terms=2, max_terms=3,
+                                           min_digits=1, max_digits=1, operators=["+", "-"],
+                                           allow_parentheses=False, allow_negation=True)
+    docs = [make_record(f"ba-{i}", "basic_arithmetic", e["question"], e["answer"], e["metadata"])
+            for i, e in enumerate(dataset)]
+    assert any(" -" in json.loads(d["metadata"])["expression"] for d in docs)  # negative operands occur
+    responses = [miniature.solve(d, style, random.Random(i)) for i, d in enumerate(docs)]
+    for response, doc in zip(responses, docs):
+        assert ANSWER.findall(response) == [doc["answer"]], (response, doc["answer"])
+        assert _to_int(doc["answer"]) == sum(_expression_terms(doc))
+    assert grade_batch(responses, docs, "basic_arithmetic", progress=False) == [1.0] * len(docs)
+
+
 def test_teacher_steps_are_true_and_use_every_term_once(problems):
     rng = random.Random(2)
     for problem in problems:

@@ -59,10 +59,10 @@ def test_fewshot_prompt_ids_are_the_rendered_conversation(chatml, tmp_path):
 @pytest.mark.parametrize("content,message", [
     (None, "does not exist"),
     ("", "has no examples"),
-    ('{"prompt": "a", "response": "b"}\nnot json\n', ":2: not JSON"),
+    ('{"prompt": "a", "response": "b"}\nnot json\n', ":2: not valid JSON"),
     ('{"prompt": "a"}\n', ":1: a few-shot example needs non-empty str 'prompt' and 'response'"),
     ('{"prompt": "a", "response": "  "}\n', ":1: a few-shot example needs"),
-    ('["a", "b"]\n', ":1: a few-shot example needs"),
+    ('["a", "b"]\n', ":1: expected a JSON object"),
 ])
 def test_bad_fewshot_files_are_refused_with_file_and_line(tmp_path, content, message):
     path = tmp_path / "shots.jsonl"

@@ -164,3 +164,19 @@ def test_dry_run_refuses_a_teacher_student_pair_whose_responses_cannot_be_carrie
     assert out.returncode != 0
     assert re.search(r"tasks.chain_sum: teacher teacher -> student llama: teacher token \d+: .*id \d+ is '.+' in the "
                      r"teacher, '.+' in the student", out.stdout + out.stderr), out.stderr[-2000:]
+
+
+def test_every_job_that_builds_prompts_gets_the_grids_fewshot_file(tmp_path):
+    """collect, the teacher's fine-tune, transfer, GRPO and every evaluation see the same prompt."""
+    out = dry_run("--cores", "1", "--configfile", str(ROOT / "workflows/config/smollm2.yaml"),
+                  "--directory", str(tmp_path), "--printshellcmds")
+    assert out.returncode == 0, out.stdout + out.stderr
+    fewshot = str(ROOT / "workflows/config/smollm2-fewshot.jsonl")
+    commands = [line for line in out.stdout.splitlines() if "-m pear_bench" in line]
+    kinds = {name: [c for c in commands if f" {name} " in c] for name in
+             ("collect", "transfer", "rl", "eval", "bootstrap model")}
+    assert [len(v) for v in kinds.values()] == [1, 1, 4, 8, 1]
+    for name, lines in kinds.items():
+        for command in lines:
+            words = shlex.split(command.split(" -- ", 1)[1].split(" > ")[0])
+            assert words[words.index("--fewshot") + 1] == fewshot, (name, command)

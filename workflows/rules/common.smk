@@ -276,7 +276,10 @@ def summary_of(dataset):
 
 
 def bootstrap_inputs():
-    return [f"{RESULTS}/data/{dataset}" for dataset in config.get("bootstrap", {}).get("data", [])]
+    """The datasets the bootstrap rules read: bootstrap.data, or every dataset of the grid (make-data
+    jobs take seconds, and a model fine-tuned with init: reads its problems from them too)."""
+    datasets = (config.get("bootstrap") or {}).get("data", list(config["data"]))
+    return [f"{RESULTS}/data/{dataset}" for dataset in datasets]
 
 
 # ---------------------------------------------------------------------------------------------
