@@ -47,7 +47,8 @@ class PromptSettings:
     fewshot: tuple[tuple[str, str], ...] = ()  # (user prompt, assistant response) turns before the problem
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON values (lists, not tuples), so a record read back compares equal."""
+        return {**asdict(self), "fewshot": [list(pair) for pair in self.fewshot]}
 
     def template_kwargs(self) -> dict[str, Any]:
         """The chat template's extra arguments: ``enable_thinking`` when it is set."""

@@ -127,6 +127,21 @@ def test_collect_resumes_after_a_failure_to_the_uninterrupted_dataset(keep_all, 
     assert load_records(output).to_list() == load_records(keep_all[0]).to_list()
 
 
+def test_a_fewshot_collection_resumes(backend, problems, tmp_path):
+    """The settings stored with the parts (JSON) must compare equal to the same settings given again."""
+    from pear_bench.prompts import PromptSettings
+
+    prompt = PromptSettings(fewshot=(("What is 1 + 1?", "<answer>2</answer>"),))
+    output = tmp_path / "fewshot.jsonl"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        collect(FailingBackend(backend, fail_at=2), problems[0][:4], output, SAMPLING, seed=0, keep="all",
+                chunk_size=2, progress=False, prompt=prompt)
+    summary = collect(backend, problems[0][:4], output, SAMPLING, seed=0, keep="all", chunk_size=2,
+                      progress=False, prompt=prompt)
+    assert summary["resumed_chunks"] == 1 and summary["samples"] == 4 * N
+    assert all(r["messages"][0]["content"] == "What is 1 + 1?" for r in load_records(output).to_list())
+
+
 def test_resuming_with_other_settings_is_refused(backend, problems, tmp_path):
     output = tmp_path / "d.jsonl"
     with pytest.raises(RuntimeError, match="injected failure"):

@@ -44,6 +44,7 @@ def test_fewshot_examples_are_earlier_turns_between_system_and_problem(tmp_path)
     assert problem_messages(PROBLEM) == [{"role": "user", "content": PROBLEM["prompt"]}]
     record = json.loads(json.dumps(settings.to_record()))  # what run records store
     assert record["fewshot"] == [[s["prompt"], s["response"]] for s in SHOTS]
+    assert record == settings.to_record()  # a resumed job compares its settings with the stored ones
 
 
 def test_fewshot_prompt_ids_are_the_rendered_conversation(chatml, tmp_path):
