@@ -48,7 +48,8 @@ def micro_grid() -> dict:
     grid["evaluation"].update(samples=2, ks=[1, 2], max_new_tokens=16, teachers=False,
                               args="--backend hf --batch-size 64")
     grid["sft"].update(max_steps=2, per_device_train_batch_size=4, save_steps=2, logging_steps=1)
-    grid["rl"].update(max_steps=1, num_generations=2, per_device_train_batch_size=4, max_completion_length=16,
+    grid["rl"].update(max_steps=1, num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                      max_completion_length=16,
                       save_steps=1)
     grid["resources"] = {"default": {"gpu": 0, "threads": 1, "mem_mb": 4000, "runtime": 30}}
     return grid
