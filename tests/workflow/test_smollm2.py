@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -39,8 +40,9 @@ def micro_grid() -> dict:
     grid["data"]["arithmetic"] = grid["data"]["arithmetic"].replace("--train-size 170 --eval-size 64",
                                                                     "--train-size 12 --eval-size 6")
     teacher = grid["models"]["teacher"]
-    teacher["bootstrap"] = teacher["bootstrap"].replace("--steps 40 --batch-size 8", "--steps 2 --batch-size 4")
+    teacher["bootstrap"] = re.sub(r"--steps \d+ --batch-size \d+", "--steps 2 --batch-size 4", teacher["bootstrap"])
     teacher["bootstrap"] = teacher["bootstrap"].replace("--threads 2", "--threads 1")
+    assert "--steps 2 " in teacher["bootstrap"], teacher["bootstrap"]
     grid["prompt"]["fewshot"] = str(ROOT / grid["prompt"]["fewshot"])
     grid["methods"] = {"sft": {"method": "sft"}, "pear-token": {"method": "pear-token"}}
     grid["rl_seeds"] = [1]
