@@ -113,8 +113,12 @@ class TrainingSettings:
     per_device_train_batch_size: int = _field(8, "sequences per device per micro-batch", check=_AT_LEAST_ONE)
     gradient_accumulation_steps: int = _field(1, "micro-batches per optimizer step", check=_AT_LEAST_ONE)
     # > Precision and memory
-    dtype: str = _field("float32", "dtype the weights are loaded in", choices=("float32", "bfloat16", "float16"))
+    dtype: str = _field("float32", "dtype the weights are loaded and trained in: float32 (master weights; add "
+                                   "bf16: true for autocast), or bfloat16, which needs pure_bf16: true unless "
+                                   "use_lora (then only the frozen base is bf16)", choices=("float32", "bfloat16"))
     bf16: bool = _field(False, "bf16 mixed precision (autocast) for the forward and backward passes")
+    pure_bf16: bool = _field(False, "allow dtype bfloat16 without LoRA: AdamW then updates bf16 weights with no "
+                                    "float32 copy, and a step smaller than ~1/256 of a weight is lost")
     gradient_checkpointing: bool = _field(False, "recompute activations in backward: less memory, ~20-30% slower")
     # > LoRA (peft)
     use_lora: bool = _field(False, "train LoRA adapters instead of all weights; the final model is merged")
@@ -125,7 +129,8 @@ class TrainingSettings:
     # > Logging and checkpoints
     logging_steps: int = _field(10, "log loss and diagnostics every N optimizer steps", check=_AT_LEAST_ONE)
     save_steps: int = _field(500, "save a checkpoint every N optimizer steps", check=_AT_LEAST_ONE)
-    save_total_limit: int | None = _field(None, "keep only the newest N checkpoints (null: all)", check=_AT_LEAST_ONE)
+    save_total_limit: int | None = _field(1, "keep only the newest N checkpoints besides the final model (1: the "
+                                             "one a resume needs; null: all)", check=_AT_LEAST_ONE)
     resume: str = _field("auto", "'auto': continue from the newest checkpoint in output_dir if there is one "
                                  "(refused if it was written with other settings); 'auto-restart': the same, "
                                  "but such checkpoints are moved to output_dir/stale-<time>/ and training starts "
@@ -134,7 +139,11 @@ class TrainingSettings:
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The ``transformers.TrainingArguments`` (or ``trl.GRPOConfig``) keyword arguments these settings fix."""
+        import torch
+
         return dict(
+            # transformers refuses bf16 autocast without a GPU unless told the run is on the CPU on purpose.
+            use_cpu=self.bf16 and not torch.cuda.is_available(),
             output_dir=self.output_dir, seed=self.seed, data_seed=self.seed,
             learning_rate=self.learning_rate, lr_scheduler_type=self.lr_scheduler_type,
             warmup_steps=self.warmup_steps, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
@@ -146,6 +155,14 @@ class TrainingSettings:
             save_strategy="steps", save_steps=self.save_steps, save_total_limit=self.save_total_limit,
             report_to=self.report_to, remove_unused_columns=False,
         )
+
+    @property
+    def precision(self) -> str:
+        """What the optimizer updates and what the passes compute in, in words, for the run record."""
+        if self.dtype == "bfloat16":
+            return ("bfloat16 frozen base weights, LoRA adapters in float32" if self.use_lora
+                    else "pure bfloat16: no float32 master weights (pure_bf16: true)")
+        return "float32 master weights, bf16 autocast" if self.bf16 else "float32"
 
     def lora_config(self):
         """A ``peft.LoraConfig`` for causal-LM training, or None when ``use_lora`` is off."""
@@ -169,6 +186,14 @@ class TrainingSettings:
         if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
             raise ConfigError(f"{self.stage}.resume must be 'auto', 'auto-restart', 'never' or a checkpoint directory; "
                               f"got {self.resume!r}")
+        if self.dtype == "bfloat16" and not (self.pure_bf16 or self.use_lora):
+            raise ConfigError(
+                f"{self.stage}.dtype: bfloat16 weights have no float32 master copy, and AdamW updates below bf16's "
+                f"resolution (~1/256 of a weight; learning_rate is {self.learning_rate:g}) are lost: use dtype "
+                f"float32 with bf16: true (float32 master weights, bf16 autocast), or set {self.stage}.pure_bf16: "
+                f"true to train bf16 weights anyway")
+        if self.pure_bf16 and self.dtype != "bfloat16":
+            raise ConfigError(f"{self.stage}.pure_bf16: true needs dtype: bfloat16 (got dtype {self.dtype!r})")
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ConfigError(f"{self.stage}.lora_target_modules must be 'all-linear' or a non-empty list")
 
@@ -520,6 +545,7 @@ def run_record(config: TrainingSettings, **extra: Any) -> dict[str, Any]:
         "stage": config.stage,
         "seed": config.seed,
         "config": dataclasses.asdict(config),
+        "precision": config.precision,
         "versions": package_versions(),
         "argv": list(sys.argv),
         **extra,

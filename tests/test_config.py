@@ -94,6 +94,20 @@ def test_bad_sft_values_name_the_key_and_what_is_allowed(paths, values, key, all
     assert key in str(err.value) and allowed in str(err.value)
 
 
+@pytest.mark.parametrize("stage, values", [("sft", sft_values), ("rl", rl_values)])
+def test_bf16_weights_are_refused_unless_asked_for_explicitly(paths, stage, values):
+    with pytest.raises(ConfigError, match=rf"{stage}.dtype: bfloat16 weights have no float32 master copy.*"
+                                          rf"{stage}.pure_bf16: true"):
+        build_config(stage, values(paths, dtype="bfloat16", bf16=True))
+    with pytest.raises(ConfigError, match=rf"{stage}.pure_bf16: true needs dtype: bfloat16"):
+        build_config(stage, values(paths, pure_bf16=True))
+    assert build_config(stage, values(paths, dtype="bfloat16", pure_bf16=True)).precision.startswith("pure bfloat16")
+    assert build_config(stage, values(paths, dtype="bfloat16", use_lora=True)).precision.startswith(
+        "bfloat16 frozen base")  # peft keeps the adapters, the only trained weights, in float32
+    assert build_config(stage, values(paths, bf16=True)).precision == "float32 master weights, bf16 autocast"
+    assert build_config(stage, values(paths)).save_total_limit == 1  # disk is bounded unless asked otherwise
+
+
 def test_unknown_method_lists_every_registered_objective(paths):
     with pytest.raises(ConfigError) as err:
         build_config("sft", sft_values(paths, method="nope"))

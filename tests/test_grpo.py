@@ -131,7 +131,9 @@ def test_two_runs_with_the_same_seed_get_the_same_rewards(teacher, prompts, tmp_
     record = json.loads((first / RUN_RECORD).read_text())
     assert record["generation_backend"] == "hf" and record["prompts"] == 9 and record["seed"] == 7
     assert record["grpo_config"]["loss_type"] == "grpo" and record["grpo_config"]["beta"] == 0.04
-    assert (first / "checkpoint-1" / RUN_RECORD).is_file()
+    # save_steps 1 of 2 steps, default save_total_limit 1: only the newest checkpoint stays, for resume
+    assert sorted(c.name for c in first.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (first / "checkpoint-2" / RUN_RECORD).is_file()
 
 
 def test_trl_tokenises_the_prompts_of_pear_bench_prompts(teacher, prompts, tmp_path):

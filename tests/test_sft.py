@@ -312,7 +312,7 @@ def test_lora_with_gradient_checkpointing_saves_a_merged_plain_model(random_stud
                         lora_r=4, gradient_checkpointing=True, max_steps=2, save_steps=1)
     output = train_sft(config)
     assert (output / "adapter" / "adapter_config.json").is_file() and (output / RUN_RECORD).is_file()
-    assert (output / "checkpoint-1" / RUN_RECORD).is_file()
+    assert (output / "checkpoint-2" / RUN_RECORD).is_file() and not (output / "checkpoint-1").exists()
     merged = AutoModelForCausalLM.from_pretrained(output)  # a plain transformers model, no peft wrapper
     start = AutoModelForCausalLM.from_pretrained(random_student)
     q_merged = merged.model.layers[0].self_attn.q_proj.weight
@@ -366,3 +366,37 @@ def test_pi_theta_is_evaluated_at_the_policy_temperature(random_student, sft_dat
     at_one = -(logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0] * mask).sum() / mask.sum()
     assert abs(float(at_one - reference)) > 1e-3  # the temperature matters on this model
     assert record["config"]["policy_temperature"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: float32 master weights unless pure bf16 is asked for
+
+
+def changed_fraction(after: dict, before: dict, names) -> float:
+    changed = sum(int((after[n].float() != before[n].float()).sum()) for n in names)
+    return changed / sum(before[n].numel() for n in names)
+
+
+def test_float32_master_weights_keep_the_updates_pure_bf16_loses(random_student, sft_data, tmp_path):
+    """At lr 1e-6 Adam moves each weight by ~1e-6 a step, far below bf16's spacing (2^-8 of the weight):
+    with float32 master weights (bf16 autocast) nearly every weight moves, with pure bf16 only those
+    whose bf16 half-spacing is below the two steps' ~2e-6 can, a fraction computed from the weights."""
+    settings = dict(learning_rate=1e-6, max_steps=2, lr_scheduler_type="constant", weight_decay=0.0)
+    mixed = train_sft(sft_config(random_student, sft_data[0], tmp_path / "mixed", bf16=True, **settings))
+    pure = train_sft(sft_config(random_student, sft_data[0], tmp_path / "pure", dtype="bfloat16", pure_bf16=True,
+                                **settings))
+    start = load_file(random_student / "model.safetensors")
+    matrices = [n for n, w in start.items() if w.dim() == 2]
+    got_mixed, got_pure = load_file(mixed / "model.safetensors"), load_file(pure / "model.safetensors")
+    assert all(got_mixed[n].dtype == torch.float32 for n in matrices)
+    assert changed_fraction(got_mixed, start, matrices) > 0.9
+
+    start_bf16 = {n: start[n].to(torch.bfloat16) for n in matrices}
+    # bf16 keeps 8 significant bits: the gap to the next value at w is 2^(floor(log2|w|) - 7).
+    movable = sum(int((2.0 ** (torch.floor(torch.log2(w.float().abs())) - 7) / 2 <= 2.5e-6).sum())
+                  for w in start_bf16.values()) / sum(w.numel() for w in start_bf16.values())
+    assert movable < 0.05  # the test means something: most bf16 weights cannot take a 2e-6 step
+    assert changed_fraction(got_pure, start_bf16, matrices) <= movable + 1e-3
+
+    assert json.loads((mixed / RUN_RECORD).read_text())["precision"] == "float32 master weights, bf16 autocast"
+    assert json.loads((pure / RUN_RECORD).read_text())["precision"].startswith("pure bfloat16")
