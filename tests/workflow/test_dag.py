@@ -75,8 +75,21 @@ def test_paper_grid_under_slurm_profile_requests_gpus(tmp_path):
         rule = block.split(":", 1)[0]
         if rule in ("all",):
             continue
-        gpus = grid["resources"].get(rule, grid["resources"]["default"])["gpu"]
+        spec = grid["resources"].get(rule, grid["resources"]["default"])
+        output = re.search(r"output: results/paper/(\S+)", block).group(1).split("/")
+        # the model a job loads: eval/<task>/<model>/..., sft|rl/<model>/..., else the task's teacher
+        model = None
+        if output[0] == "eval":
+            model = output[2]
+        elif output[0] in ("sft", "rl"):
+            model = output[1]
+        elif output[0] == "sft_data":
+            model = grid["tasks"][output[1]]["teacher"]
+        gpus = (spec.get("models") or {}).get(model, {}).get("gpu", spec["gpu"])
         assert re.search(rf"\bgpu={gpus}\b", block), (rule, block[:800])
+        if rule in ("collect", "rescore", "transfer", "evaluate") and gpus > 1:  # vLLM over all of them
+            assert f"--tensor-parallel-size {gpus}" in block, (rule, block[:800])
+    assert any("--tensor-parallel-size 4" in b and "qwen3-32b/base" in b for b in out.stdout.split("\nrule evaluate"))
 
 
 def test_default_config_is_the_mini_grid_and_not_merged_into_others(tmp_path):
@@ -180,3 +193,15 @@ def test_every_job_that_builds_prompts_gets_the_grids_fewshot_file(tmp_path):
         for command in lines:
             words = shlex.split(command.split(" -- ", 1)[1].split(" > ")[0])
             assert words[words.index("--fewshot") + 1] == fewshot, (name, command)
+
+
+def test_dry_run_refuses_a_gpu_job_that_cannot_fit(tmp_path):
+    """pear-bench plan's check inside the dry run: GRPO micro-batches of 16 completions of 8k tokens."""
+    grid = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text())
+    grid["rl"].update(per_device_train_batch_size=16, gradient_accumulation_steps=2)
+    config = tmp_path / "paper.yaml"
+    config.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(config), "--directory", str(tmp_path))
+    assert out.returncode != 0
+    assert "rl on qwen3-8b: about" in out.stdout + out.stderr
+    assert "lower rl.per_device_train_batch_size (now 16)" in out.stdout + out.stderr

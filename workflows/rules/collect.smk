@@ -18,20 +18,21 @@ rule collect:
     benchmark:
         "benchmarks/{grid}/collect/{task}.tsv"
     params:
+        launch=job_launch("collect"),
         problems=lambda wc: data_file(config["tasks"][wc.task]["train"]),
         teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
         settings=lambda wc: (f"--n {config['collect']['n']} --temperature {config['collect']['temperature']}"
                              f" --max-new-tokens {config['collect']['max_new_tokens']} --keep {config['collect']['keep']}"
                              f" --seed {config['collect']['seed']} {prompt_args()}"
-                             f" {cli_args(config['collect'].get('args', ''))}"),
+                             f" {cli_args(config['collect'].get('args', ''))} {vllm_args('collect', wc)}"),
         output=lambda wc: collected_data(wc.task),
-    threads: RESOURCES["collect"]["threads"]
+    threads: job_resource("collect", "threads")
     resources:
-        gpu=RESOURCES["collect"]["gpu"],
-        mem_mb=RESOURCES["collect"]["mem_mb"],
-        runtime=RESOURCES["collect"]["runtime"],
+        gpu=job_resource("collect", "gpu"),
+        mem_mb=job_resource("collect", "mem_mb"),
+        runtime=job_resource("collect", "runtime"),
     shell:
-        "{LAUNCH[collect]} collect --problems {params.problems:q} --model {params.teacher:q}"
+        "{params.launch} collect --problems {params.problems:q} --model {params.teacher:q}"
         " {params.settings} --output {params.output} --overwrite > {log} 2>&1"
 
 
@@ -46,18 +47,19 @@ rule rescore:
     benchmark:
         "benchmarks/{grid}/rescore/{task}.tsv"
     params:
+        launch=job_launch("rescore"),
         teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
         data=lambda wc: collected_data(wc.task),
         output=lambda wc: teacher_data(wc.task),
-        args=cli_args(config["collect"].get("rescore")),
+        args=lambda wc: f"{cli_args(config['collect'].get('rescore'))} {vllm_args('rescore', wc)}",
         temperature=config["collect"]["temperature"],
-    threads: RESOURCES["rescore"]["threads"]
+    threads: job_resource("rescore", "threads")
     resources:
-        gpu=RESOURCES["rescore"]["gpu"],
-        mem_mb=RESOURCES["rescore"]["mem_mb"],
-        runtime=RESOURCES["rescore"]["runtime"],
+        gpu=job_resource("rescore", "gpu"),
+        mem_mb=job_resource("rescore", "mem_mb"),
+        runtime=job_resource("rescore", "runtime"),
     shell:
-        "{LAUNCH[rescore]} score {params.data} --model {params.teacher:q} --temperature {params.temperature}"
+        "{params.launch} score {params.data} --model {params.teacher:q} --temperature {params.temperature}"
         " --rescore {params.args} --output {params.output} --overwrite > {log} 2>&1"
 
 
@@ -72,16 +74,18 @@ rule transfer:
     log:
         "logs/{grid}/transfer/{task}/{model}.log",
     params:
+        launch=job_launch("transfer"),
         teacher=lambda wc: model_path(config["tasks"][wc.task]["teacher"]),
         student=lambda wc: model_path(wc.model),
         data=lambda wc: teacher_data(wc.task),
         output=lambda wc: student_data(wc.task, wc.model),
-        args=lambda wc: f"{prompt_args()} {cli_args((config.get('transfer') or {}).get('args', ''))}",
-    threads: RESOURCES["transfer"]["threads"]
+        args=lambda wc: (f"{prompt_args()} {cli_args((config.get('transfer') or {}).get('args', ''))}"
+                         f" {vllm_args('transfer', wc)}"),
+    threads: job_resource("transfer", "threads")
     resources:
-        gpu=RESOURCES["transfer"]["gpu"],
-        mem_mb=RESOURCES["transfer"]["mem_mb"],
-        runtime=RESOURCES["transfer"]["runtime"],
+        gpu=job_resource("transfer", "gpu"),
+        mem_mb=job_resource("transfer", "mem_mb"),
+        runtime=job_resource("transfer", "runtime"),
     shell:
-        "{LAUNCH[transfer]} transfer --teacher {params.teacher:q} --student {params.student:q}"
+        "{params.launch} transfer --teacher {params.teacher:q} --student {params.student:q}"
         " --dataset {params.data} --output {params.output} {params.args} --overwrite > {log} 2>&1"

@@ -27,6 +27,8 @@ from snakemake.utils import validate
 from pear_bench.config import ConfigError, RLConfig, check_settings
 from pear_bench.errors import InputError
 from pear_bench.prompts import read_fewshot
+from pear_bench.plan import check_grid
+from pear_bench.resources import job_resources, vllm_flags
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -104,6 +106,13 @@ def _as_mapping(value):
 
 
 _check_grid()
+try:  # the GPU jobs fit their GPUs (pear-bench plan), and the vLLM flags are the workflow's to set
+    check_grid(config)
+    for _rule in ("collect", "rescore", "transfer", "evaluate"):
+        if _rule != "rescore" or config["collect"].get("rescore") is not None:
+            vllm_flags(config, _rule)
+except InputError as exc:
+    raise ValueError(str(exc)) from None
 
 
 def _check_pairs():
@@ -159,23 +168,31 @@ def cli_args(value):
     return shlex.join(str(word) for word in words)
 
 
-def rule_resources(rule_name):
-    return {"gpu": 0, "threads": 1, "mem_mb": 2000, "runtime": 60,
-            **config["resources"]["default"], **config["resources"].get(rule_name, {})}
-
-
 # The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
 PEAR_BENCH = f"{shlex.quote(sys.executable)} -m pear_bench"
-RESOURCES = {name: rule_resources(name) for name in
-             ("make_data", "bootstrap_tokenizer", "bootstrap_model", "convert_model", "collect", "rescore", "transfer", "sft", "rl",
-              "evaluate", "tables", "reproduce")}
+# Rules whose jobs may ask for more on some models (resources.<rule>.models); the model of a job of each.
+MODEL_RULES = ("collect", "rescore", "transfer", "sft", "rl", "evaluate")
 
 
-def launcher(rule_name):
-    """How a rule's jobs start `pear-bench`: with the rule's thread count for torch/BLAS, on GPU ids pinned
-    by `pear-bench gpu-run` (Snakemake counts GPUs but does not say which ones a local job gets), and
-    for training on several GPUs under `accelerate launch` with FSDP."""
-    res = RESOURCES[rule_name]
+def job_model(rule_name, wc):
+    """The model a job of a GPU rule loads: the task's teacher (collect, rescore, transfer), else its student."""
+    if rule_name in ("collect", "rescore", "transfer"):
+        return config["tasks"][wc.task]["teacher"]
+    return wc.model
+
+
+def job_resource(rule_name, key):
+    """One resource of a rule's jobs (pear_bench.resources.job_resources), as Snakemake takes it: a value, or for
+    the GPU rules a function of the job's wildcards."""
+    if rule_name not in MODEL_RULES:
+        return job_resources(config, rule_name)[key]
+    return lambda wc: job_resources(config, rule_name, job_model(rule_name, wc))[key]
+
+
+def launcher(rule_name, res):
+    """How a job starts `pear-bench`: with its thread count for torch/BLAS, on GPU ids pinned by
+    `pear-bench gpu-run` (Snakemake counts GPUs but does not say which ones a local job gets), and for
+    training on several GPUs under `accelerate launch` with FSDP."""
     prefix = f"OMP_NUM_THREADS={res['threads']} {PEAR_BENCH} gpu-run --gpus {res['gpu']} --"
     if rule_name in ("sft", "rl") and res["gpu"] > 1:
         return (f"{prefix} {shlex.quote(sys.executable)} -m accelerate.commands.launch"
@@ -184,7 +201,18 @@ def launcher(rule_name):
     return f"{prefix} {PEAR_BENCH}"
 
 
-LAUNCH = {name: launcher(name) for name in RESOURCES}
+LAUNCH = {name: launcher(name, job_resources(config, name)) for name in
+          ("make_data", "bootstrap_tokenizer", "bootstrap_model", "convert_model", "tables", "reproduce")}
+
+
+def job_launch(rule_name):
+    """The launcher of one job of a GPU rule (its GPU count may depend on its model)."""
+    return lambda wc: launcher(rule_name, job_resources(config, rule_name, job_model(rule_name, wc)))
+
+
+def vllm_args(rule_name, wc):
+    """--max-model-len, and --tensor-parallel-size over the job's GPUs, for a job that samples with vLLM."""
+    return shlex.join(vllm_flags(config, rule_name, job_model(rule_name, wc)))
 
 
 # ---------------------------------------------------------------------------------------------

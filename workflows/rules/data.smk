@@ -8,11 +8,11 @@ rule make_data:
         "logs/{grid}/make_data/{dataset}.log",
     params:
         args=lambda wc: cli_args(config["data"][wc.dataset]),
-    threads: RESOURCES["make_data"]["threads"]
+    threads: job_resource("make_data", "threads")
     resources:
-        gpu=RESOURCES["make_data"]["gpu"],
-        mem_mb=RESOURCES["make_data"]["mem_mb"],
-        runtime=RESOURCES["make_data"]["runtime"],
+        gpu=job_resource("make_data", "gpu"),
+        mem_mb=job_resource("make_data", "mem_mb"),
+        runtime=job_resource("make_data", "runtime"),
     shell:
         # Written to a temporary directory, then renamed: a half-written dataset never counts as done.
         "rm -rf {output}.tmp && {LAUNCH[make_data]} make-data {params.args} --out {output}.tmp > {log} 2>&1"

@@ -18,20 +18,21 @@ rule evaluate:
     benchmark:
         "benchmarks/{grid}/eval/{task}/{model}/{checkpoint}.tsv"
     params:
+        launch=job_launch("evaluate"),
         model=lambda wc: checkpoint_of(wc)[0],
         problems=lambda wc: data_file(config["tasks"][wc.task]["eval"]),
         labels=eval_labels,
-        settings=(f"--samples {config['evaluation']['samples']} --ks {' '.join(map(str, config['evaluation']['ks']))}"
+        settings=lambda wc: (f"--samples {config['evaluation']['samples']} --ks {' '.join(map(str, config['evaluation']['ks']))}"
                   f" --temperature {config['evaluation']['temperature']}"
                   f" --max-new-tokens {config['evaluation']['max_new_tokens']} --seed {config['evaluation']['seed']}"
                   f" {prompt_args()}"
-                  f" {cli_args(config['evaluation'].get('args', ''))}"),
+                  f" {cli_args(config['evaluation'].get('args', ''))} {vllm_args('evaluate', wc)}"),
         out=lambda wc, output: os.path.dirname(output[0]),
-    threads: RESOURCES["evaluate"]["threads"]
+    threads: job_resource("evaluate", "threads")
     resources:
-        gpu=RESOURCES["evaluate"]["gpu"],
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
+        gpu=job_resource("evaluate", "gpu"),
+        mem_mb=job_resource("evaluate", "mem_mb"),
+        runtime=job_resource("evaluate", "runtime"),
     shell:
-        "{LAUNCH[evaluate]} eval --model {params.model:q} --problems {params.problems:q} {params.settings}"
+        "{params.launch} eval --model {params.model:q} --problems {params.problems:q} {params.settings}"
         " {params.labels} --output {params.out} --overwrite > {log} 2>&1"

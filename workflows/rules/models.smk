@@ -12,11 +12,11 @@ rule bootstrap_tokenizer:
         "logs/{grid}/bootstrap/tokenizer.log",
     params:
         args=cli_args(config.get("bootstrap", {}).get("tokenizer", "")),
-    threads: RESOURCES["bootstrap_tokenizer"]["threads"]
+    threads: job_resource("bootstrap_tokenizer", "threads")
     resources:
-        gpu=RESOURCES["bootstrap_tokenizer"]["gpu"],
-        mem_mb=RESOURCES["bootstrap_tokenizer"]["mem_mb"],
-        runtime=RESOURCES["bootstrap_tokenizer"]["runtime"],
+        gpu=job_resource("bootstrap_tokenizer", "gpu"),
+        mem_mb=job_resource("bootstrap_tokenizer", "mem_mb"),
+        runtime=job_resource("bootstrap_tokenizer", "runtime"),
     shell:
         "{LAUNCH[bootstrap_tokenizer]} bootstrap tokenizer {params.args} --out {output} > {log} 2>&1"
 
@@ -37,11 +37,11 @@ rule bootstrap_model:
     params:
         start=lambda wc: bootstrap_start(wc.model),
         args=lambda wc: f"{cli_args(config['models'][wc.model]['bootstrap'])} {prompt_args()}",
-    threads: RESOURCES["bootstrap_model"]["threads"]
+    threads: job_resource("bootstrap_model", "threads")
     resources:
-        gpu=RESOURCES["bootstrap_model"]["gpu"],
-        mem_mb=RESOURCES["bootstrap_model"]["mem_mb"],
-        runtime=RESOURCES["bootstrap_model"]["runtime"],
+        gpu=job_resource("bootstrap_model", "gpu"),
+        mem_mb=job_resource("bootstrap_model", "mem_mb"),
+        runtime=job_resource("bootstrap_model", "runtime"),
     shell:
         "{LAUNCH[bootstrap_model]} bootstrap model {params.start} {params.args}"
         " --out {output} > {log} 2>&1"
@@ -56,11 +56,11 @@ rule convert_model:
         "logs/{grid}/convert/{model}.log",
     params:
         args=lambda wc: cli_args(config["models"][wc.model]["convert"]),
-    threads: RESOURCES["convert_model"]["threads"]
+    threads: job_resource("convert_model", "threads")
     resources:
-        gpu=RESOURCES["convert_model"]["gpu"],
-        mem_mb=RESOURCES["convert_model"]["mem_mb"],
-        runtime=RESOURCES["convert_model"]["runtime"],
+        gpu=job_resource("convert_model", "gpu"),
+        mem_mb=job_resource("convert_model", "mem_mb"),
+        runtime=job_resource("convert_model", "runtime"),
     shell:
         "{LAUNCH[convert_model]} convert {params.args} --out {output} > {log} 2>&1"
 

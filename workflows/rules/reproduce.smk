@@ -24,11 +24,11 @@ rule reproduce:
     params:
         reference=lambda wc: shlex.quote(REFERENCE),
         tolerance=config.get("reference_tolerance", 0),
-    threads: RESOURCES["reproduce"]["threads"]
+    threads: job_resource("reproduce", "threads")
     resources:
-        gpu=RESOURCES["reproduce"]["gpu"],
-        mem_mb=RESOURCES["reproduce"]["mem_mb"],
-        runtime=RESOURCES["reproduce"]["runtime"],
+        gpu=job_resource("reproduce", "gpu"),
+        mem_mb=job_resource("reproduce", "mem_mb"),
+        runtime=job_resource("reproduce", "runtime"),
     shell:
         # tee: the verdict goes to the terminal as well as to the log.
         "{LAUNCH[reproduce]} compare --run results/{wildcards.grid} --reference {params.reference}"

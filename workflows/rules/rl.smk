@@ -14,11 +14,12 @@ rule rl:
     benchmark:
         "benchmarks/{grid}/rl/{model}/{task}/{arm}/seed{seed}.tsv"
     params:
+        launch=job_launch("rl"),
         settings=lambda wc: cli_flags(rl_settings(wc)),
-    threads: RESOURCES["rl"]["threads"]
+    threads: job_resource("rl", "threads")
     resources:
-        gpu=RESOURCES["rl"]["gpu"],
-        mem_mb=RESOURCES["rl"]["mem_mb"],
-        runtime=RESOURCES["rl"]["runtime"],
+        gpu=job_resource("rl", "gpu"),
+        mem_mb=job_resource("rl", "mem_mb"),
+        runtime=job_resource("rl", "runtime"),
     shell:
-        "{LAUNCH[rl]} rl {params.settings} > {log} 2>&1"
+        "{params.launch} rl {params.settings} > {log} 2>&1"

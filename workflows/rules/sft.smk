@@ -16,11 +16,12 @@ rule sft:
     benchmark:
         "benchmarks/{grid}/sft/{model}/{task}/{arm}.tsv"
     params:
+        launch=job_launch("sft"),
         settings=lambda wc: cli_flags(sft_settings(wc)),
-    threads: RESOURCES["sft"]["threads"]
+    threads: job_resource("sft", "threads")
     resources:
-        gpu=RESOURCES["sft"]["gpu"],
-        mem_mb=RESOURCES["sft"]["mem_mb"],
-        runtime=RESOURCES["sft"]["runtime"],
+        gpu=job_resource("sft", "gpu"),
+        mem_mb=job_resource("sft", "mem_mb"),
+        runtime=job_resource("sft", "runtime"),
     shell:
-        "{LAUNCH[sft]} sft {params.settings} > {log} 2>&1"
+        "{params.launch} sft {params.settings} > {log} 2>&1"

@@ -21,11 +21,11 @@ rule tables:
         sft_runs=" ".join(all_sft_runs()),
         methods=" ".join(ARMS),
         show=" ".join(f"pass@{k}" for k in config["evaluation"]["ks"]),
-    threads: RESOURCES["tables"]["threads"]
+    threads: job_resource("tables", "threads")
     resources:
-        gpu=RESOURCES["tables"]["gpu"],
-        mem_mb=RESOURCES["tables"]["mem_mb"],
-        runtime=RESOURCES["tables"]["runtime"],
+        gpu=job_resource("tables", "gpu"),
+        mem_mb=job_resource("tables", "mem_mb"),
+        runtime=job_resource("tables", "runtime"),
     shell:
         "{LAUNCH[tables]} tables --metrics {input.metrics} --sft-runs {params.sft_runs}"
         " --method-order {params.methods} --show {params.show} --out results/{wildcards.grid} > {log} 2>&1"
