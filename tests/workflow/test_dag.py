@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import yaml
+from micro import job_counts
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "workflows" / "config").glob("*.yaml"))
@@ -17,11 +18,6 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
 
 def dry_run(*args, cwd=ROOT):
     return subprocess.run([*SNAKEMAKE, "--dry-run", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    table = stdout.split("Job stats:")[1].split("\n\n")[0]
-    return {name: int(n) for name, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
 
 
 def expected_counts(grid: dict) -> dict[str, int]:
