@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from fnmatch import fnmatch
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from pear_bench.config import build_config, run_record, write_run_record
 from pear_bench.problems import make_record, write_problems
 from pear_bench.snapshot import MODEL_FILES
 
-ROOT = Path(__file__).resolve().parents[1]
 AIME_ROWS = {"AIME2025-I": [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 5?", "answer": "7"}],
              "AIME2025-II": [{"question": "What is 3 + 3?", "answer": "006"}]}
 DATASET_CARD = """---
