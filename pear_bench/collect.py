@@ -136,6 +136,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
     from pear_bench.problems import check_unique_ids
     from pear_bench.generation import derive_seed
     from pear_bench.prompts import problem_messages
+    from pear_bench.snapshot import model_revision
 
     output = Path(output)
     if keep not in KEEP_MODES:
@@ -149,7 +150,7 @@ def collect(backend, problems: Sequence[Mapping[str, str]], output: str | Path, 
     check_unique_ids(problems)
 
     run = {
-        "model": backend.model_id, "backend": backend.name, "sampling": sampling.to_record(backend.name),
+        "model": backend.model_id, "model_revision": model_revision(backend.model_id), "backend": backend.name, "sampling": sampling.to_record(backend.name),
         "seed": seed, "keep": keep, "chunk_size": chunk_size, "prompt": prompt.to_record(), "problems": len(problems),
         "problems_sha256": hashlib.sha256(json.dumps(list(problems), sort_keys=True).encode()).hexdigest(),
         **dict(settings or {}),

@@ -540,11 +540,16 @@ def package_versions() -> dict[str, str | None]:
 
 
 def run_record(config: TrainingSettings, **extra: Any) -> dict[str, Any]:
-    """What a run writes next to its checkpoints: stage, resolved config, seed, versions, command line."""
+    """What a run writes next to its checkpoints: stage, resolved config, seed, the hub commit its start
+    model comes from (``pear_bench.snapshot.model_revision``; GRPO inherits its SFT start's), versions,
+    command line."""
+    from pear_bench.snapshot import model_revision
+
     return {
         "stage": config.stage,
         "seed": config.seed,
         "config": dataclasses.asdict(config),
+        "model_revision": model_revision(config.model),
         "precision": config.precision,
         "versions": package_versions(),
         "argv": list(sys.argv),

@@ -237,7 +237,8 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
     Returns:
         The ``metrics.json`` object::
 
-            {"labels": {...}, "model": id, "task": task,
+            {"labels": {...}, "model": id, "model_revision": {"repo", "revision", "commit"} | null,
+             "task": task,
              "problems": {"file": path, "sha256": hex, "limit": int|null},
              "num_problems": P, "samples_per_problem": K,
              "metrics": [{"metric": "pass@1", "k": 1, "value": v, "ci_low": l, "ci_high": h}, ...,
@@ -256,6 +257,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
     """
     from pear_bench.config import package_versions
     from pear_bench.problems import check_unique_ids
+    from pear_bench.snapshot import model_revision
 
     start = time.perf_counter()
     output = Path(output)
@@ -275,6 +277,7 @@ def evaluate(backend, problems: Sequence[Mapping[str, str]], output: str | Path,
     result = {
         "labels": dict(labels or {}),
         "model": backend.model_id,
+        "model_revision": model_revision(backend.model_id),
         "task": task,
         "problems": {"file": None if problems_file is None else str(problems_file),
                      "sha256": None if problems_file is None else file_sha256(problems_file), "limit": limit},

@@ -295,10 +295,16 @@ class Job:
 
 
 def _model_sources(config: Mapping[str, Any], results: str) -> dict[str, str]:
+    """Where each model's shape is read: the directory a rule builds or fetches once it exists, else the
+    hub id of a model still to be fetched (hub cache or SHAPES), else a local path as given."""
     sources = {}
     for name, spec in config["models"].items():
-        built = isinstance(spec, dict)
-        sources[name] = f"{results}/models/{name}" if built else str(spec)
+        local = f"{results}/models/{name}"
+        hub = spec.get("hub") if isinstance(spec, dict) else (None if looks_like_path(str(spec)) else str(spec))
+        if isinstance(spec, dict) and hub is None or Path(local).is_dir():
+            sources[name] = local
+        else:
+            sources[name] = hub or str(spec)
     return sources
 
 

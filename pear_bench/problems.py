@@ -17,7 +17,9 @@ Math prompts ask for ``\\boxed{}``, games and SynLogic for ``<answer>`` tags, ma
 ``--apply_chat_template``, or the generation backend) to ``[{"role": "user", "content": prompt}]``.
 
 Sources: hub dataset ids are used only when no local file of that name exists, so every loader
-works offline on local JSONL.
+works offline on local JSONL. A directory is read as a hub dataset repository fetched by
+``pear-bench snapshot dataset`` (the workflow's offline path): ``datasets`` loads it as it would the
+hub id, and the manifest records the snapshot's commit.
 
 Games are seeded streams: reasoning-gym item i of seed s is generated from ``Random(s + i)``, so two
 seeds' streams overlap shifted by their difference. A split therefore never uses a second seed: the
@@ -138,8 +140,11 @@ def check_unique_ids(problems: Sequence[Mapping[str, str]]) -> None:
 
 
 def _is_local(source: str | Path) -> bool:
-    """True for an existing file; False for a hub id; FileNotFoundError for a missing file path."""
+    """True for an existing file; False for a hub id or a dataset directory (a snapshot of a hub
+    repository, loaded as the hub's); FileNotFoundError for a missing file path."""
     path = Path(source).expanduser()
+    if path.is_dir():
+        return False
     if path.exists():
         return True
     if path.suffix in (".json", ".jsonl") or str(source).startswith(("/", ".", "~")):
@@ -347,6 +352,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, type=Path, help="output directory")
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise InputError(message)
+
+
+def dataset_sources(argv: Sequence[str]) -> dict[str, str]:
+    """The datasets that make-data arguments ``argv`` (without ``--out``) read, defaults included:
+    ``{"--source": ..., "--aime": ...}`` as given (hub ids, files or snapshot directories).
+
+    Raises:
+        InputError: ``argv`` are not make-data arguments.
+    """
+    parser = _RaisingParser(prog="make-data")
+    configure_parser(parser)
+    args = parser.parse_args([*argv, "--out", "-"])
+    return {f"--{name}": str(getattr(args, name)) for name in ("source", "aime") if hasattr(args, name)}
+
+
 # A bare word (letters, digits, _ . -, not starting with a digit or sign) is taken as text, so
 # `--set style=terse` works; anything else must be JSON, so a value the shell mangled fails loudly.
 _BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -377,9 +400,18 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _source_info(source: str | Path) -> dict[str, str]:
+    from pear_bench.snapshot import read_snapshot
+
+    path = Path(source).expanduser()
     if _is_local(source):
-        return {"path": str(Path(source).expanduser().resolve()), "sha256": _sha256(Path(source).expanduser())}
-    return {"hub_dataset": str(source)}
+        return {"path": str(path.resolve()), "sha256": _sha256(path)}
+    if path.is_dir():
+        snapshot = read_snapshot(path)
+        if snapshot is None:
+            return {"path": str(path.resolve())}
+        return {"hub_dataset": snapshot["repo"], "revision": snapshot["revision"], "commit": snapshot["commit"],
+                "snapshot": str(path.resolve())}
+    return {"hub_dataset": str(source)}  # loaded from the hub directly: no commit pins it
 
 
 def _sha256(path: Path) -> str:

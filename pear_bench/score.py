@@ -225,6 +225,7 @@ def main(args: argparse.Namespace) -> int:
     from pear_bench.data import RecordError, load_records, save_records, summary_path
     from pear_bench.generation import backend_options, load_backend
     from pear_bench.prompts import prompt_settings
+    from pear_bench.snapshot import model_revision
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -264,7 +265,8 @@ def main(args: argparse.Namespace) -> int:
     save_records(ds, output, overwrite=args.overwrite)
     total_tokens = sum(len(p) for p in ds["prompt_ids"]) + n_tokens
     summary = {
-        "input": str(args.input), "output": str(output), "model": args.model, "backend": args.backend,
+        "input": str(args.input), "output": str(output), "model": args.model,
+        "model_revision": model_revision(args.model), "backend": args.backend,
         "dtype": args.dtype, "temperature": args.temperature, "records": len(ds), "from_text": from_text,
         "rescored_vs_recorded": differences, "response_tokens": n_tokens,
         "total_tokens": total_tokens, "seconds": seconds, "response_tokens_per_s": n_tokens / seconds,

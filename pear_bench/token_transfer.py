@@ -316,6 +316,7 @@ def main(args: argparse.Namespace) -> int:
     from pear_bench.data import load_records, save_records, summary_path
     from pear_bench.generation import backend_options, load_backend
     from pear_bench.prompts import prompt_settings
+    from pear_bench.snapshot import model_revision
 
     pair = pair_tokenizers(load_side("--teacher", args.teacher), load_side("--student", args.student))
     report = check_pair(pair)
@@ -346,6 +347,7 @@ def main(args: argparse.Namespace) -> int:
     save_records(students, output, overwrite=args.overwrite)
     summary = {"dataset": str(args.dataset), "output": str(output), "records": len(students), **kinds,
                "prompt": settings.to_record(), "pair": report,
+               "model_revisions": {"teacher": model_revision(args.teacher), "student": model_revision(args.student)},
                "rescore": None if backend is None else {"backend": args.backend, "dtype": args.dtype},
                "seconds": time.perf_counter() - start, "versions": package_versions()}
     write_atomic(summary_path(output), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -28,6 +28,8 @@ def expected_counts(grid: dict) -> dict[str, int]:
     specs = [spec for spec in grid["models"].values() if isinstance(spec, dict)]
     bootstrapped = [spec for spec in specs if "bootstrap" in spec]
     converted = [spec for spec in specs if "convert" in spec]
+    # Hub models ({hub: ...}, or an "org/name" id rather than a path) and hub datasets are fetched by a job each.
+    hub = [s for s in grid["models"].values() if "hub" in s or isinstance(s, str) and not s.startswith("/")]
     counts = {
         "make_data": len(grid["data"]),
         "collect": len(tasks),
@@ -44,6 +46,10 @@ def expected_counts(grid: dict) -> dict[str, int]:
         counts["bootstrap_tokenizer"] = 1
     if converted:
         counts["convert_model"] = len(converted)
+    if hub:
+        counts["snapshot_model"] = len(hub)
+    if grid.get("hub_datasets"):
+        counts["snapshot_dataset"] = len(grid["hub_datasets"])
     if grid.get("reference"):
         counts["reproduce"] = 1
     if grid["collect"].get("rescore") is not None:
@@ -108,6 +114,12 @@ def test_default_config_is_the_mini_grid_and_not_merged_into_others(tmp_path):
     (lambda g: g["sft"].update(policy_temperature=0.7), "sft.policy_temperature is 0.7 but rl.temperature is 1.0"),
     (lambda g: g["rl"].update(system_prompt="Be brief."), "rl.system_prompt: set it under prompt:"),
     (lambda g: g.update(prompt={"enable_thinking": "yes"}), "enable_thinking"),
+    (lambda g: g["models"].update(student={"hub": "org/student", "revison": "abc"}), "revison"),
+    (lambda g: g["data"].update(chain_sum="aime2025 --source org/aime"),
+     "data.chain_sum: --source org/aime is read from the hub by the job itself"),
+    (lambda g: g["data"].update(chain_sum="math --source data/math.jsonl"),  # --aime's default is the hub's
+     "data.chain_sum: --aime opencompass/AIME2025 is read from the hub by the job itself"),
+    (lambda g: g["data"].update(chain_sum="aime2025 --source hub:nowhere"), "'hub:nowhere' names no dataset under hub_datasets"),
 ])
 def test_bad_config_is_rejected_before_any_job(edit, message, tmp_path):
     grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
@@ -173,6 +185,49 @@ def test_dry_run_refuses_a_teacher_student_pair_whose_responses_cannot_be_carrie
     assert out.returncode != 0
     assert re.search(r"tasks.chain_sum: teacher teacher -> student llama: teacher token \d+: .*id \d+ is '.+' in the "
                      r"teacher, '.+' in the student", out.stdout + out.stderr), out.stderr[-2000:]
+
+
+def test_hub_models_and_datasets_are_fetched_once_before_the_jobs_that_read_them_offline(tmp_path):
+    """A grid of hub models (a pinned {hub:, revision:} and a bare id) and a hub dataset: one snapshot job
+    each, at the revision the config names; every job that reads them depends on its snapshot, gets
+    its local directory, and runs offline."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    grid = yaml.safe_load((ROOT / "workflows/config/mini.yaml").read_text())
+    for key in ("bootstrap", "reference"):
+        grid.pop(key)
+    grid["data"].pop("chain_sum-pretrain")
+    grid["models"] = {"teacher": {"hub": "org/teacher", "revision": sha}, "student": "org/student"}
+    grid["hub_datasets"] = {"aime": {"hub": "org/aime", "revision": "v1"}}
+    grid["data"]["aime2025"] = "aime2025 --source hub:aime"
+    grid["tasks"]["chain_sum"]["eval"] = "aime2025/eval.jsonl"
+    configfile = tmp_path / "hub.yaml"
+    configfile.write_text(yaml.safe_dump(grid))
+    out = dry_run("--cores", "1", "--configfile", str(configfile), "--directory", str(tmp_path), "--printshellcmds")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert job_counts(out.stdout) == expected_counts(grid)
+    commands = [line.split("Shell command: ")[-1] for line in out.stdout.splitlines() if "-m pear_bench" in line]
+    snapshots = sorted(c.split(" -- ", 1)[1].split(" > ")[0].split(" pear_bench ", 1)[1] for c in commands
+                       if " snapshot " in c)
+    assert snapshots == [f"snapshot dataset --repo org/aime --revision v1 --out results/mini/hub_datasets/aime",
+                         f"snapshot model --repo org/student --revision main --out results/mini/models/student",
+                         f"snapshot model --repo org/teacher --revision {sha} --out results/mini/models/teacher"]
+    for command in commands:
+        words = shlex.split(command.split(" -- ", 1)[1].split(" > ")[0])
+        environment = command.split(" -m pear_bench gpu-run ")[0]  # the variables set for the job
+        assert ("HF_HUB_OFFLINE=1 " in environment) == ("snapshot" not in words), command
+        if "snapshot" in words:
+            continue
+        for flag in ("--model", "--teacher", "--student", "--source"):
+            if flag in words:
+                assert words[words.index(flag) + 1].startswith("results/mini/"), command
+    # The rule graph: each snapshot precedes every rule that reads what it fetched.
+    graph = subprocess.run([*SNAKEMAKE, "--rulegraph", "--cores", "1", "--configfile", str(configfile),
+                            "--directory", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert graph.returncode == 0, graph.stderr
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', graph.stdout, flags=re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", graph.stdout, flags=re.M)}
+    assert {("snapshot_model", rule) for rule in ("collect", "transfer", "sft", "evaluate")} <= edges
+    assert ("snapshot_dataset", "make_data") in edges
 
 
 def test_every_job_that_builds_prompts_gets_the_grids_fewshot_file(tmp_path):

@@ -2,7 +2,9 @@
 #
 # Where things go, for a grid G (wildcards in braces):
 #   results/G/data/{dataset}/                          make-data output (train.jsonl, eval.jsonl, manifest.json)
-#   results/G/models/tokenizer/, models/{model}/       bootstrapped tokenizer and models (CPU miniature)
+#   results/G/hub_datasets/{name}/                     hub dataset snapshots at a pinned revision (snapshot.json)
+#   results/G/models/tokenizer/, models/{model}/       bootstrapped tokenizer and models (CPU miniature), converted
+#                                                      models, and hub model snapshots (snapshot.json)
 #   results/G/sft_data/{task}/collected.parquet        the teacher's SFT records with behaviour logprobs
 #                                                      (+ collected.summary.json, written last)
 #   results/G/sft_data/{task}/rescored.parquet         the same re-scored (grids with collect.rescore)
@@ -25,7 +27,8 @@ import yaml
 from snakemake.utils import validate
 
 from pear_bench.config import ConfigError, RLConfig, check_settings
-from pear_bench.errors import InputError
+from pear_bench.errors import InputError, looks_like_path
+from pear_bench.problems import dataset_sources
 from pear_bench.prompts import read_fewshot
 from pear_bench.plan import check_grid
 from pear_bench.resources import job_resources, vllm_flags
@@ -59,6 +62,16 @@ def _check_grid():
             if dataset not in config["data"]:
                 raise ValueError(f"tasks.{task}.{split}: dataset {dataset!r} is not under data: "
                                  f"({', '.join(config['data'])})")
+    for dataset in config["data"]:
+        try:
+            sources = dataset_sources(hub_refs_resolved(dataset, hub_dataset_dir))
+        except InputError as exc:
+            raise ValueError(f"data.{dataset}: {exc}") from None
+        for flag, value in sources.items():
+            if _is_hub_id(value):
+                raise ValueError(f"data.{dataset}: {flag} {value} is read from the hub by the job itself; name it "
+                                 f"under hub_datasets: (e.g. {{hub: {value}, revision: <commit>}}) and write "
+                                 f"{flag} hub:<name>, so that it is fetched once at a pinned revision")
     from_scratch = [m for m, spec in models.items() if "bootstrap" in _as_mapping(spec) and "init" not in spec]
     if from_scratch and "bootstrap" not in config:
         raise ValueError(f"models.{from_scratch[0]} is bootstrapped from scratch, so the grid needs a bootstrap: "
@@ -105,6 +118,41 @@ def _as_mapping(value):
     return value if isinstance(value, dict) else {}
 
 
+def _is_hub_id(value):
+    """A hub repository id ("org/name"), not a local file or directory (nor a path that will be one)."""
+    return not (looks_like_path(value) or os.path.exists(value) or value.endswith((".json", ".jsonl")))
+
+
+HUB_REF = "hub:"  # a make-data word `hub:<name>` stands for the snapshot of hub_datasets.<name>
+
+
+def hub_dataset_dir(name):
+    return f"{RESULTS}/hub_datasets/{name}"
+
+
+def hub_refs_resolved(dataset, path_of):
+    """make-data's words for ``dataset`` with each ``hub:<name>`` replaced by ``path_of(name)``.
+
+    Raises:
+        ValueError: a name that is not under hub_datasets:.
+    """
+    words = []
+    for word in _words(config["data"][dataset]):
+        flag, eq, value = word.rpartition("=") if word.startswith("--") and "=" in word else ("", "", word)
+        if value.startswith(HUB_REF):
+            name = value.removeprefix(HUB_REF)
+            if name not in config.get("hub_datasets", {}):
+                raise ValueError(f"data.{dataset}: {word!r} names no dataset under hub_datasets: "
+                                 f"({', '.join(config.get('hub_datasets', {})) or 'none'})")
+            value = path_of(name)
+        words.append(flag + eq + value)
+    return words
+
+
+def _words(value):
+    return [str(word) for word in value] if isinstance(value, list) else shlex.split(value or "")
+
+
 _check_grid()
 try:  # the GPU jobs fit their GPUs (pear-bench plan), and the vLLM flags are the workflow's to set
     check_grid(config)
@@ -116,8 +164,8 @@ except InputError as exc:
 
 
 def _check_pairs():
-    """Every teacher-student pair, where both tokenizers are at hand now (local directories, or the hub
-    cache; nothing is downloaded): refuse a pair whose responses could not be carried to the student
+    """Every teacher-student pair, where both tokenizers are at hand now (local directories, built models
+    and hub snapshots already fetched; nothing is downloaded): refuse a pair whose responses could not be carried to the student
     (pear_bench.token_transfer.check_pair). Other pairs are checked by their transfer job."""
     from pear_bench.token_transfer import check_pair, load_side, pair_tokenizers
 
@@ -128,7 +176,7 @@ def _check_pairs():
             try:
                 sides[name] = load_side(name, model_path(name), local_files_only=True)
             except (OSError, InputError):
-                sides[name] = None  # not built or not downloaded yet
+                sides[name] = None  # not built or fetched yet
         return sides[name]
 
     for task, spec in config["tasks"].items():
@@ -149,6 +197,7 @@ ARMS = list(config["methods"])
 wildcard_constraints:
     grid=r"[A-Za-z0-9_-]+",
     dataset=r"[A-Za-z0-9_.-]+",
+    name=r"[A-Za-z0-9_.-]+",
     model=r"[A-Za-z0-9_.-]+",
     task=r"[A-Za-z0-9_.-]+",
     arm=r"[A-Za-z0-9_.-]+",
@@ -164,8 +213,7 @@ def cli_args(value):
     """Command-line arguments from the grid config as shell text. A list is quoted item by item; a
     string is read as shell words (shlex.split) and quoted again, so that what the YAML says is what
     the program gets (`--set 'operators=["+","-"]'` keeps its quotes; nothing is globbed or expanded)."""
-    words = value if isinstance(value, list) else shlex.split(value or "")
-    return shlex.join(str(word) for word in words)
+    return shlex.join(_words(value))
 
 
 # The Python running Snakemake has pear_bench (this file imports it), whatever PATH says.
@@ -189,11 +237,17 @@ def job_resource(rule_name, key):
     return lambda wc: job_resources(config, rule_name, job_model(rule_name, wc))[key]
 
 
+# The only rules that reach the hub: every other job runs with HF_HUB_OFFLINE=1 on local snapshots, so
+# a model or dataset that was not fetched fails at once instead of downloading on a compute node.
+ONLINE_RULES = ("snapshot_model", "snapshot_dataset")
+
+
 def launcher(rule_name, res):
     """How a job starts `pear-bench`: with its thread count for torch/BLAS, on GPU ids pinned by
     `pear-bench gpu-run` (Snakemake counts GPUs but does not say which ones a local job gets), and for
     training on several GPUs under `accelerate launch` with FSDP."""
-    prefix = f"OMP_NUM_THREADS={res['threads']} {PEAR_BENCH} gpu-run --gpus {res['gpu']} --"
+    offline = "" if rule_name in ONLINE_RULES else "HF_HUB_OFFLINE=1 "
+    prefix = f"{offline}OMP_NUM_THREADS={res['threads']} {PEAR_BENCH} gpu-run --gpus {res['gpu']} --"
     if rule_name in ("sft", "rl") and res["gpu"] > 1:
         return (f"{prefix} {shlex.quote(sys.executable)} -m accelerate.commands.launch"
                 f" --config_file {workflow.basedir}/workflows/accelerate/fsdp.yaml --num_processes {res['gpu']}"
@@ -202,7 +256,7 @@ def launcher(rule_name, res):
 
 
 LAUNCH = {name: launcher(name, job_resources(config, name)) for name in
-          ("make_data", "bootstrap_tokenizer", "bootstrap_model", "convert_model", "tables", "reproduce")}
+          ("snapshot_model", "snapshot_dataset", "make_data", "bootstrap_tokenizer", "bootstrap_model", "convert_model", "tables", "reproduce")}
 
 
 def job_launch(rule_name):
@@ -219,24 +273,38 @@ def vllm_args(rule_name, wc):
 # Models and data
 
 
+def model_kind(model):
+    """Where a model comes from: "bootstrap" or "convert" (built by those rules), "hub" (a hub id, or
+    {hub:, revision:}: fetched by rule snapshot_model), or "path" (a local directory, used as it is)."""
+    spec = config["models"][model]
+    if isinstance(spec, dict):
+        return next(kind for kind in ("bootstrap", "convert", "hub") if kind in spec)
+    return "hub" if _is_hub_id(spec) else "path"
+
+
+def hub_source(spec):
+    """(repo id, revision) of a hub model or hub_datasets entry: a string is the repo at main."""
+    return (spec["hub"], str(spec.get("revision", "main"))) if isinstance(spec, dict) else (spec, "main")
+
+
 def is_bootstrapped(model):
-    return "bootstrap" in _as_mapping(config["models"][model])
+    return model_kind(model) == "bootstrap"
 
 
 def is_built(model):
-    """A model a rule makes (bootstrapped, or converted from GGUF) rather than a hub id or path."""
-    return is_bootstrapped(model) or "convert" in _as_mapping(config["models"][model])
+    """A model a rule makes (bootstrapped, converted from GGUF, or a hub snapshot) rather than a local path."""
+    return model_kind(model) != "path"
 
 
 def built_models(kind):
-    """Names of the models made by rule bootstrap_model ("bootstrap") or convert_model ("convert"), as
-    a wildcard pattern that matches nothing when there are none."""
-    names = [m for m, spec in config["models"].items() if kind in _as_mapping(spec)]
+    """Names of the models made by rule bootstrap_model ("bootstrap"), convert_model ("convert") or
+    snapshot_model ("hub"), as a wildcard pattern that matches nothing when there are none."""
+    names = [m for m in config["models"] if model_kind(m) == kind]
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def model_path(model):
-    """What a command is given for a model: the directory a rule builds, or the hub id / local path."""
+    """What a command is given for a model: the directory a rule builds or fetches, or the local path."""
     return f"{RESULTS}/models/{model}" if is_built(model) else config["models"][model]
 
 
@@ -254,6 +322,18 @@ def bootstrap_model_inputs(model):
 def bootstrap_start(model):
     init = config["models"][model].get("init")
     return f"--init {shlex.quote(model_path(init))}" if init else f"--tokenizer {RESULTS}/models/tokenizer"
+
+
+def make_data_args(dataset):
+    """make-data's arguments for ``dataset`` as shell text, ``hub:<name>`` as that snapshot's directory."""
+    return shlex.join(hub_refs_resolved(dataset, hub_dataset_dir))
+
+
+def make_data_inputs(dataset):
+    """The hub dataset snapshots a make-data job reads (its ``hub:<name>`` words)."""
+    used = []
+    hub_refs_resolved(dataset, lambda name: used.append(hub_dataset_dir(name)) or used[-1])
+    return used
 
 
 def data_file(split_path):

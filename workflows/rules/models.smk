@@ -1,6 +1,27 @@
 # Models a grid builds: trained from scratch (the CPU miniature: one shared tokenizer, then each model),
-# fine-tuned in the solver's style from another model (init:), or converted from a GGUF file shipped
-# in a Python package (convert:, the SmolLM2 grid). Grids of hub models have no jobs here.
+# fine-tuned in the solver's style from another model (init:), converted from a GGUF file shipped
+# in a Python package (convert:, the SmolLM2 grid), or fetched from the hub once, at a pinned revision
+# (a hub id or {hub:, revision:}), so that every job using it reads a local directory offline.
+
+
+rule snapshot_model:
+    output:
+        directory("results/{grid}/models/{model}"),
+    wildcard_constraints:
+        model=built_models("hub"),
+    log:
+        "logs/{grid}/snapshot/{model}.log",
+    params:
+        repo=lambda wc: hub_source(config["models"][wc.model])[0],
+        revision=lambda wc: hub_source(config["models"][wc.model])[1],
+    threads: job_resource("snapshot_model", "threads")
+    resources:
+        gpu=job_resource("snapshot_model", "gpu"),
+        mem_mb=job_resource("snapshot_model", "mem_mb"),
+        runtime=job_resource("snapshot_model", "runtime"),
+    shell:
+        "{LAUNCH[snapshot_model]} snapshot model --repo {params.repo:q} --revision {params.revision:q}"
+        " --out {output} > {log} 2>&1"
 
 
 rule bootstrap_tokenizer:
